@@ -1,0 +1,5 @@
+"""LightningDataModules, one file per data set."""
+
+from lightning_climate.datamodules.base import BaseDataModule
+
+__all__ = ["BaseDataModule"]

@@ -1,0 +1,3 @@
+"""Model architectures (plain torch.nn.Modules)."""
+
+__all__: list[str] = []

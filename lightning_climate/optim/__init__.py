@@ -1,0 +1,3 @@
+"""Optimizer wrappers usable from LightningCLI through OptimizerCallable."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""PyG BaseTransforms for graph construction and rewiring."""
+
+__all__: list[str] = []

@@ -1,0 +1,29 @@
+"""Fixtures shared by every test module."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import pytest
+
+matplotlib.use("agg")
+
+# The suite runs on 2 cores; several DDP tests start 2 processes each, so keep each one single-threaded.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture
+def trainer_kwargs(tmp_path: Path) -> dict[str, Any]:
+    """Quiet, deterministic CPU Trainer arguments writing into ``tmp_path``."""
+    return {
+        "accelerator": "cpu",
+        "default_root_dir": tmp_path,
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "deterministic": True,
+    }

@@ -1,3 +1,5 @@
 """Neural network layers, such as physical constraint layers."""
 
-__all__: list[str] = []
+from lightning_climate.layers.normalization import MinMaxNormalizer
+
+__all__ = ["MinMaxNormalizer"]

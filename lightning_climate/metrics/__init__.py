@@ -1,3 +1,5 @@
 """torchmetrics metrics that are exact under DDP."""
 
-__all__: list[str] = []
+from lightning_climate.metrics.relative_l2 import RelativeL2Error, relative_l2_error
+
+__all__ = ["RelativeL2Error", "relative_l2_error"]

@@ -1,3 +1,19 @@
 """Readers of real on-disk formats and generators of embedded data."""
 
-__all__: list[str] = []
+from .navier_stokes import (
+    NavierStokesTrajectories,
+    gaussian_random_field,
+    generate_navier_stokes,
+    li_forcing,
+    solve_vorticity,
+    trajectory_generator,
+)
+
+__all__: list[str] = [
+    "NavierStokesTrajectories",
+    "gaussian_random_field",
+    "generate_navier_stokes",
+    "li_forcing",
+    "solve_vorticity",
+    "trajectory_generator",
+]

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_climate.main import main
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+DIGITS = ["digits_sgd.yaml", "digits_sam.yaml", "digits_samon.yaml", "digits_samon_vit.yaml"]
+
+
+def run_fit(config: Path, tmp_path: Path, *extra: str) -> None:
+    main(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--trainer.fast_dev_run",
+            "1",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+            *extra,
+        ]
+    )
+
+
+@pytest.mark.parametrize("name", DIGITS)
+def test_digits_examples_run(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning_climate.optim import SAM
+
+    steps: list[int] = []
+    original = SAM.step
+
+    def counting_step(self: SAM, closure: object = None) -> object:
+        steps.append(1)
+        return original(self, closure)
+
+    monkeypatch.setattr(SAM, "step", counting_step)
+    run_fit(EXAMPLES / name, tmp_path)
+    # the SGD baseline never builds SAM; every other example takes one SAM step
+    assert len(steps) == (0 if name == "digits_sgd.yaml" else 1)
+    assert torch.is_grad_enabled()

@@ -41,7 +41,7 @@ def sgd(params: object) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)  # type: ignore[arg-type]
 
 
-def run(seed: int, epochs: int, callback: SharpnessAwareMinimization | None) -> float:
+def run(seed: int, epochs: int, callback: SharpnessAwareMinimization | None) -> tuple[float, float]:
     seed_everything(seed, verbose=False)
     task = ClassificationTask(small_cnn(), num_classes=10, optimizer=sgd, label_smoothing=0.1)
     dm = DigitsDataModule(batch_size=64, seed=seed)
@@ -59,7 +59,7 @@ def run(seed: int, epochs: int, callback: SharpnessAwareMinimization | None) -> 
     )
     trainer.fit(task, dm)
     (result,) = trainer.test(task, dm, verbose=False)
-    return 100.0 * result["test_Accuracy"]
+    return 100.0 * result["test_Accuracy"], result["test_loss"]
 
 
 def main() -> None:
@@ -79,13 +79,14 @@ def main() -> None:
     }
     rows = []
     for name, make in methods.items():
-        accs = [run(seed, args.epochs, make()) for seed in args.seeds]
+        results = [run(seed, args.epochs, make()) for seed in args.seeds]
+        accs = [acc for acc, _ in results]
         spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
-        cells = " | ".join(f"{a:.2f}" for a in accs)
+        cells = " | ".join(f"{a:.2f} ({loss:.4f})" for a, loss in results)
         rows.append(f"| {name} | {cells} | {statistics.mean(accs):.2f} ± {spread:.2f} |")
         print(rows[-1], flush=True)
     header = " | ".join(f"seed {s}" for s in args.seeds)
-    print(f"\nDigits test accuracy (%), {args.epochs} epochs, small BN CNN\n")
+    print(f"\nDigits test accuracy % (test loss), {args.epochs} epochs, small BN CNN\n")
     print(f"| method | {header} | mean ± std |")
     print("|---" * (len(args.seeds) + 2) + "|")
     print("\n".join(rows))

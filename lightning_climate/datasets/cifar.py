@@ -163,7 +163,7 @@ def write_cifar(
     yy = np.arange(32)[:, None] + np.zeros((1, 32))
 
     def make(n: int) -> tuple[np.ndarray, np.ndarray]:
-        labels = rng.integers(0, variant, size=n)
+        labels = rng.permutation(np.arange(n) % variant)  # balanced, like the real sets
         stripes = 30 * np.sin(freqs[labels][:, None, None] * yy[None])
         pixels = (
             colours[labels][:, :, None, None] + stripes[:, None] + rng.normal(0, 20, (n, 3, 32, 32))

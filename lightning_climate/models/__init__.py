@@ -1,3 +1,5 @@
 """Model architectures (plain torch.nn.Modules)."""
 
-__all__: list[str] = []
+from lightning_climate.models.wide_resnet import WideResNet
+
+__all__ = ["WideResNet"]

@@ -46,3 +46,30 @@ def test_digits_examples_run(name: str, tmp_path: Path, monkeypatch: pytest.Monk
     # the SGD baseline never builds SAM; every other example takes one SAM step
     assert len(steps) == (0 if name == "digits_sgd.yaml" else 1)
     assert torch.is_grad_enabled()
+
+
+@pytest.mark.parametrize("variant", ["sgd", "sam", "samon"])
+def test_cifar_examples_run_on_generated_files(variant: str, tmp_path: Path) -> None:
+    from lightning_climate.datasets.cifar import write_cifar
+
+    write_cifar(tmp_path / "data", 100, "python", n_train=300, n_test=20)
+    run_fit(
+        EXAMPLES / f"cifar100_wrn28_10_{variant}.yaml",
+        tmp_path,
+        "--data.init_args.root",
+        str(tmp_path / "data"),
+        "--data.init_args.batch_size",
+        "4",
+        "--data.init_args.val_fraction",
+        "0.4",  # a stratified split of 300 images needs at least 100 on each side
+        "--data.init_args.num_workers",
+        "0",
+        "--trainer.accelerator",
+        "cpu",
+        # a WRN-10-1 stands in for WRN-28-10 so that one CPU step takes a moment
+        "--model.init_args.model.init_args.depth",
+        "10",
+        "--model.init_args.model.init_args.widen_factor",
+        "1",
+    )
+    assert (tmp_path / "data" / "cifar-100-python" / "train").is_file()

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import logging
+
+import pytest
 import timm.layers
 import torch
 from torch import nn
 
-from lightning_climate.optim import norm_parameters
+from lightning_climate.optim import SAM, norm_parameters
 from lightning_climate.optim.norm import describe_selection
 
 
@@ -76,3 +79,11 @@ def test_timm_resnet_and_vit_selection_sizes() -> None:
     # two LayerNorms per block plus the final norm, each weight + bias of width 192
     assert sum(p.numel() for p in norm_parameters(vit).values()) == (2 * 2 + 1) * 2 * 192
     assert torch.is_tensor(next(iter(norm_parameters(vit).values())))
+
+
+def test_bind_reports_selection(caplog: pytest.LogCaptureFixture) -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4))
+    with caplog.at_level(logging.INFO):
+        SAM(model.parameters(), torch.optim.SGD, norm_only=True).bind(model)
+    assert "SAM-ON perturbs 2 tensors, 8 of 24 trainable parameters (33.333%)" in caplog.text
+    assert "LayerNorm x1" in caplog.text

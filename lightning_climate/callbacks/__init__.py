@@ -1,5 +1,6 @@
 """Lightning callbacks that drop into an existing Trainer."""
 
 from lightning_climate.callbacks.downscaling_report import DownscalingReport
+from lightning_climate.callbacks.sam import SharpnessAwareMinimization
 
-__all__ = ["DownscalingReport"]
+__all__ = ["DownscalingReport", "SharpnessAwareMinimization"]

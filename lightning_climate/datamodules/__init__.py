@@ -1,6 +1,8 @@
 """LightningDataModules, one file per data set."""
 
 from lightning_climate.datamodules.base import BaseDataModule
+from lightning_climate.datamodules.cifar import CIFARDataModule
+from lightning_climate.datamodules.digits import DigitsDataModule
 from lightning_climate.datamodules.navier_stokes import NavierStokesDataModule
 
-__all__ = ["BaseDataModule", "NavierStokesDataModule"]
+__all__ = ["BaseDataModule", "CIFARDataModule", "DigitsDataModule", "NavierStokesDataModule"]

@@ -1,6 +1,7 @@
 """Readers of real on-disk formats and generators of embedded data."""
 
-from .navier_stokes import (
+from lightning_climate.datasets.images import ImageClassificationDataset
+from lightning_climate.datasets.navier_stokes import (
     NavierStokesTrajectories,
     gaussian_random_field,
     generate_navier_stokes,
@@ -9,7 +10,8 @@ from .navier_stokes import (
     trajectory_generator,
 )
 
-__all__: list[str] = [
+__all__ = [
+    "ImageClassificationDataset",
     "NavierStokesTrajectories",
     "gaussian_random_field",
     "generate_navier_stokes",

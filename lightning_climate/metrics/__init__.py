@@ -1,3 +1,5 @@
 """torchmetrics metrics that are exact under DDP."""
 
-__all__: list[str] = []
+from lightning_climate.metrics.constraint_violation import ConstraintViolation
+
+__all__ = ["ConstraintViolation"]

@@ -1,6 +1,7 @@
 """Hard conservation layers for super-resolution (Harder et al., JMLR 2023).
 
-Harder et al., "Hard-Constrained Deep Learning for Climate Downscaling".
+Paper: "Hard-Constrained Deep Learning for Climate Downscaling".
+
 Each layer maps the raw high-resolution output ``y_tilde`` of a network (B, C, H, W) and the
 low-resolution input ``x`` (B, C, H/N, W/N) to ``y`` whose NxN block means equal ``x``: the
 low-resolution field is the average pool of the high-resolution one, so "mass" is conserved. The
@@ -8,8 +9,9 @@ factor is inferred from the shapes (it may differ between height and width), so 
 called at several factors.
 
 All arithmetic runs in at least float32 and the result is cast back to ``y_tilde``'s dtype. In
-float32 the block means match ``x`` to about 1e-6 relative; in bfloat16 the final cast limits this
-to the bfloat16 resolution (measured worst case below 4e-3 relative, see ``docs/constraints.md``).
+float32 the block means match ``x`` to about 1e-6 relative (measured <= 6e-7 on O(1) data). In
+bfloat16 the final cast bounds this by the bfloat16 epsilon, 2**-7 ~ 7.8e-3, relative to the
+output's magnitude (measured worst case 5.2e-3 on O(1) data, factors 2-8).
 """
 
 from __future__ import annotations

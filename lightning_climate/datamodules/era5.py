@@ -18,7 +18,7 @@ class ERA5DataModule(BaseDataModule):
     """Downscaling pairs from ERA5 files, with training-split statistics saved in checkpoints.
 
     Samples are ``{"lr", "hr", "index", "time"}`` as documented in
-    :mod:`lightning_climate.datasets.era5` (the same ``lr``/``hr`` keys as the Navier–Stokes
+    :mod:`lightning_climate.datasets.era5` (the same ``lr``/``hr`` keys as the Navier-Stokes
     datamodule). Splits are disjoint date ranges (no leakage between neighbouring hours). The
     normalisation statistics come from the training split's high-resolution fields only, and one
     affine map is applied to ``hr`` before ``lr`` is pooled from it, so ``lr`` stays the exact

@@ -116,7 +116,7 @@ def test_normalizer_minmax_and_zscore() -> None:
 
 
 def test_errors(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="generate|Download"):
+    with pytest.raises(FileNotFoundError, match=r"generate|Download"):
         ERA5Dataset(tmp_path / "missing", ["t2m"])
     with pytest.raises(KeyError, match=r"not found .* the files hold \['t', 'z'\]"):
         ERA5Dataset(SAMPLE, ["t2m"])
@@ -136,7 +136,7 @@ def test_errors(tmp_path: Path) -> None:
     nan.to_netcdf(tmp_path / "nan.nc")
     ds = ERA5Dataset(tmp_path / "nan.nc", ["t2m"])
     assert torch.isfinite(ds[1]["hr"]).all()
-    with pytest.raises(ValueError, match="NaN or infinite values at time 2000-03-01.*fillna"):
+    with pytest.raises(ValueError, match=r"NaN or infinite values at time 2000-03-01.*fillna"):
         ds[2]
     with pytest.raises(IndexError, match="out of range"):
         ds[len(ds)]

@@ -27,7 +27,8 @@ SOURCE = Path("/work/shared/era5_sample/era5-levels-members.nc")
 
 def _packing(values: np.ndarray) -> dict[str, float]:
     lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
-    scale = (hi - lo) / (2**16 - 2)
+    # 65532 steps: the extremes map to +-32766, clear of the fill value -32767
+    scale = (hi - lo) / (2**16 - 4)
     return {"scale_factor": scale, "add_offset": (hi + lo) / 2}
 
 

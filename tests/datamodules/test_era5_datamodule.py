@@ -141,6 +141,6 @@ def test_errors() -> None:
     wrong.setup("fit")
     with pytest.raises(ValueError, match="same variables and levels"):
         wrong.load_state_dict(dm.state_dict())
-    with pytest.raises(FileNotFoundError, match="python -m lightning_climate.datasets.era5"):
+    with pytest.raises(FileNotFoundError, match=r"python -m lightning_climate\.datasets\.era5"):
         _datamodule(paths="/nonexistent/era5/*.nc").setup("fit")
     assert np.isfinite(dm.normalizer.scale.numpy()).all()

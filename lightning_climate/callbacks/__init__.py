@@ -1,5 +1,6 @@
 """Lightning callbacks that drop into an existing Trainer."""
 
 from lightning_climate.callbacks.constraint_monitor import ConstraintMonitor
+from lightning_climate.callbacks.downscaling_report import DownscalingReport
 
-__all__ = ["ConstraintMonitor"]
+__all__ = ["ConstraintMonitor", "DownscalingReport"]

@@ -2,5 +2,6 @@
 
 from lightning_climate.datamodules.base import BaseDataModule
 from lightning_climate.datamodules.era5 import ERA5DataModule
+from lightning_climate.datamodules.navier_stokes import NavierStokesDataModule
 
-__all__ = ["BaseDataModule", "ERA5DataModule"]
+__all__ = ["BaseDataModule", "ERA5DataModule", "NavierStokesDataModule"]

@@ -2,4 +2,23 @@
 
 from lightning_climate.datasets.era5 import ERA5Dataset, FieldNormalizer, generate_era5
 
-__all__ = ["ERA5Dataset", "FieldNormalizer", "generate_era5"]
+from .navier_stokes import (
+    NavierStokesTrajectories,
+    gaussian_random_field,
+    generate_navier_stokes,
+    li_forcing,
+    solve_vorticity,
+    trajectory_generator,
+)
+
+__all__: list[str] = [
+    "ERA5Dataset",
+    "FieldNormalizer",
+    "NavierStokesTrajectories",
+    "gaussian_random_field",
+    "generate_era5",
+    "generate_navier_stokes",
+    "li_forcing",
+    "solve_vorticity",
+    "trajectory_generator",
+]

@@ -7,10 +7,12 @@ from lightning_climate.layers.constraints import (
     SoftmaxConstraint,
     build_constraint,
 )
+from lightning_climate.layers.normalization import MinMaxNormalizer
 from lightning_climate.layers.ordering import MinMeanMaxConstraint, OrderingConstraint
 
 __all__ = [
     "AdditiveConstraint",
+    "MinMaxNormalizer",
     "MinMeanMaxConstraint",
     "MultiplicativeConstraint",
     "OrderingConstraint",

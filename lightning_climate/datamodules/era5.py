@@ -34,8 +34,11 @@ class ERA5DataModule(BaseDataModule):
         val_range: dates of the validation split, or ``None`` for none.
         test_range: dates of the test split, or ``None`` for none.
         patch_size: high-resolution patch size (multiple of N), or ``None`` for full fields.
-        normalization: ``"minmax"`` (training range to [0, 1]; right for the softmax
-            constraint), ``"zscore"`` or ``"none"`` (physical units).
+        normalization: ``"none"`` (physical units; for tasks that normalise inside, such as
+            :class:`~lightning_climate.tasks.DownscalingTask`, which reads
+            :meth:`train_statistics`), ``"minmax"`` (training range to [0, 1]), ``"zscore"``, or
+            ``"scale"`` (divide by the largest training magnitude: keeps 0 at 0, so the softmax
+            constraint stays valid on test values below the training minimum).
         batch_size: samples per batch.
         num_workers: DataLoader workers (each reopens the files lazily).
         seed: unused by the date split; kept for the common datamodule signature.
@@ -51,15 +54,16 @@ class ERA5DataModule(BaseDataModule):
         val_range: tuple[str, str] | None = None,
         test_range: tuple[str, str] | None = None,
         patch_size: int | None = None,
-        normalization: Literal["minmax", "zscore", "none"] = "minmax",
+        normalization: Literal["none", "minmax", "zscore", "scale"] = "none",
         batch_size: int = 8,
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
-        if normalization not in ("minmax", "zscore", "none"):
+        if normalization not in ("none", "minmax", "zscore", "scale"):
             raise ValueError(
-                f"normalization must be 'minmax', 'zscore' or 'none', got {normalization!r}."
+                "normalization must be 'none', 'minmax', 'zscore' or 'scale', got "
+                f"{normalization!r}."
             )
         self.paths = [os.fspath(paths)] if isinstance(paths, (str, os.PathLike)) else list(paths)
         self.variables = list(variables)
@@ -70,6 +74,7 @@ class ERA5DataModule(BaseDataModule):
         self.normalization = normalization
         self.normalizer: FieldNormalizer | None = None
         self._loaded_state: dict[str, Any] | None = None
+        self._raw_stats: dict[str, torch.Tensor] | None = None
         self.channels: list[str] = []
 
     def _dataset(self, split: str) -> ERA5Dataset | None:
@@ -101,8 +106,9 @@ class ERA5DataModule(BaseDataModule):
             self.normalizer = FieldNormalizer(len(self.channels))
             if self._loaded_state is not None:
                 self._apply_state(self._loaded_state)
-            elif self.normalization != "none":
-                self.normalizer.fit(train, self.normalization)
+            else:
+                self._raw_stats = FieldNormalizer.statistics(train)
+                self.normalizer.set_from(self._raw_stats, self.normalization)
         train.normalizer = self.normalizer
         self.train_dataset = train
         self.val_dataset = self._dataset("val")
@@ -113,10 +119,28 @@ class ERA5DataModule(BaseDataModule):
         """Normalisation statistics of the training split (empty before ``setup``)."""
         if self.normalizer is None:
             return {}
+        assert self._raw_stats is not None
         return {
             "channels": list(self.channels),
             "offset": self.normalizer.offset.clone(),
             "scale": self.normalizer.scale.clone(),
+            **{f"raw_{k}": v.clone() for k, v in self._raw_stats.items()},
+        }
+
+    def train_statistics(self) -> dict[str, torch.Tensor]:
+        """Per-channel ``min``/``max`` (and ``mean``/``std``) of the training ``hr`` as delivered.
+
+        In the units of the samples (after this datamodule's normalisation), for tasks that
+        normalise inside (:class:`~lightning_climate.tasks.DownscalingTask`). Call after ``setup``.
+        """
+        if self.normalizer is None or self._raw_stats is None:
+            raise RuntimeError("call setup('fit') before train_statistics().")
+        scale, offset = self.normalizer.scale, self.normalizer.offset
+        return {
+            "min": (self._raw_stats["min"] - offset) / scale,
+            "max": (self._raw_stats["max"] - offset) / scale,
+            "mean": (self._raw_stats["mean"] - offset) / scale,
+            "std": self._raw_stats["std"] / scale,
         }
 
     def _apply_state(self, state: dict[str, Any]) -> None:
@@ -128,6 +152,9 @@ class ERA5DataModule(BaseDataModule):
             )
         self.normalizer.offset.copy_(torch.as_tensor(state["offset"]))
         self.normalizer.scale.copy_(torch.as_tensor(state["scale"]))
+        self._raw_stats = {
+            k: torch.as_tensor(state[f"raw_{k}"]) for k in ("min", "max", "mean", "std")
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore statistics saved by :meth:`state_dict` (before or after ``setup``)."""

@@ -105,17 +105,13 @@ class FieldNormalizer(nn.Module):
         """Map a normalised (..., C, H, W) field back to physical units."""
         return field * self.scale[:, None, None] + self.offset[:, None, None]
 
-    def fit(self, dataset: ERA5Dataset, kind: Literal["minmax", "zscore"]) -> None:
-        """Set the statistics from the raw high-resolution fields of ``dataset`` in one pass.
-
-        ``"minmax"`` maps the training range to [0, 1] (Harder et al.; keeps non-negative
-        quantities non-negative for the softmax constraint); ``"zscore"`` to mean 0, std 1.
-        """
+    @staticmethod
+    def statistics(dataset: ERA5Dataset) -> dict[str, Tensor]:
+        """Per-channel ``min``, ``max``, ``mean``, ``std`` of the raw high-resolution fields (one pass)."""
         lo = hi = total = squares = None
         count = 0
         for i in range(dataset.num_fields):
-            hr = dataset.read_field(i).double()
-            flat = hr.flatten(1)
+            flat = dataset.read_field(i).double().flatten(1)
             mins, maxs = flat.min(1).values, flat.max(1).values
             lo = mins if lo is None else torch.minimum(lo, mins)
             hi = maxs if hi is None else torch.maximum(hi, maxs)
@@ -123,15 +119,32 @@ class FieldNormalizer(nn.Module):
             squares = (flat**2).sum(1) if squares is None else squares + (flat**2).sum(1)
             count += flat.shape[1]
         if lo is None or hi is None or total is None or squares is None:
-            raise ValueError("cannot fit normalisation statistics on an empty training split.")
+            raise ValueError("cannot compute statistics of an empty training split.")
+        mean = total / count
+        std = (squares / count - mean**2).clamp_min(0).sqrt()
+        return {"min": lo.float(), "max": hi.float(), "mean": mean.float(), "std": std.float()}
+
+    def set_from(
+        self, stats: dict[str, Tensor], kind: Literal["minmax", "zscore", "scale", "none"]
+    ) -> None:
+        """Choose the map from raw statistics of :meth:`statistics`.
+
+        ``"minmax"`` maps the training range to [0, 1] (Harder et al.); ``"zscore"`` to mean 0,
+        std 1; ``"scale"`` divides by the largest training magnitude, so 0 stays 0 and signs are
+        kept (the safe choice for the softmax constraint on non-negative quantities, whose test
+        values may fall below the training minimum); ``"none"`` is the identity.
+        """
+        zero, one = torch.zeros_like(stats["min"]), torch.ones_like(stats["min"])
         if kind == "minmax":
-            offset, scale = lo, hi - lo
+            offset, scale = stats["min"], stats["max"] - stats["min"]
+        elif kind == "zscore":
+            offset, scale = stats["mean"], stats["std"]
+        elif kind == "scale":
+            offset, scale = zero, torch.maximum(stats["min"].abs(), stats["max"].abs())
         else:
-            offset = total / count
-            scale = (squares / count - offset**2).clamp_min(0).sqrt()
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        self.offset.copy_(offset.float())
-        self.scale.copy_(scale.float())
+            offset, scale = zero, one
+        self.offset.copy_(offset)
+        self.scale.copy_(torch.where(scale > 0, scale, one))
 
 
 class ERA5Dataset(Dataset[dict[str, Tensor]]):

@@ -25,7 +25,14 @@ RANGES = {
 
 
 def _datamodule(**kwargs: Any) -> ERA5DataModule:
-    args = {"paths": SAMPLE, "variables": ["t", "z"], "levels": [850], "factor": 2, **RANGES}
+    args = {
+        "paths": SAMPLE,
+        "variables": ["t", "z"],
+        "levels": [850],
+        "factor": 2,
+        "normalization": "minmax",
+        **RANGES,
+    }
     return ERA5DataModule(**{**args, **kwargs})
 
 
@@ -85,13 +92,19 @@ def test_statistics_from_training_split_only() -> None:
     torch.testing.assert_close(
         dm.normalizer.offset[0], torch.tensor(float(ref.min())), rtol=1e-6, atol=0
     )
+    stats = dm.train_statistics()
+    torch.testing.assert_close(stats["min"], torch.zeros(2), atol=1e-6, rtol=0)
+    torch.testing.assert_close(stats["max"], torch.ones(2), atol=1e-6, rtol=0)
+    raw = _datamodule(normalization="none")
+    raw.setup("fit")
+    torch.testing.assert_close(raw.train_statistics()["min"][0], torch.tensor(float(ref.min())))
     # the test split is normalised with the same map, so it is not exactly [0, 1]
     test = torch.stack([dm.test_dataset[i]["hr"] for i in range(len(dm.test_dataset))])
     assert not torch.allclose(test.amax(dim=(0, 2, 3)), torch.ones(2))
 
 
 def test_lowres_is_block_mean_of_normalised_highres() -> None:
-    for normalization in ("minmax", "zscore", "none"):
+    for normalization in ("minmax", "zscore", "scale", "none"):
         dm = _datamodule(normalization=normalization, factor=4, variables=["z"], levels=[500])
         dm.setup("fit")
         metric = ConstraintViolation("max")
@@ -130,9 +143,12 @@ def test_state_dict_round_trip_and_checkpoint(
     early.load_state_dict(dm.state_dict())
     early.setup("test")
     assert torch.equal(early.normalizer.scale, dm.normalizer.scale)
+    assert torch.equal(early.train_statistics()["max"], dm.train_statistics()["max"])
 
 
 def test_errors() -> None:
+    with pytest.raises(RuntimeError, match=r"call setup\('fit'\)"):
+        _datamodule().train_statistics()
     with pytest.raises(ValueError, match="normalization must be"):
         _datamodule(normalization="robust")
     dm = _datamodule()

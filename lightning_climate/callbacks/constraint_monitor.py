@@ -11,7 +11,19 @@ from torch import Tensor
 
 from lightning_climate.metrics.constraint_violation import ConstraintViolation
 
-__all__ = ["ConstraintMonitor"]
+__all__ = ["ConstraintMonitor", "forward_with_factor"]
+
+
+def forward_with_factor(pl_module: LightningModule, batch: Mapping[str, Tensor]) -> Tensor:
+    """``pl_module(lr, factor)`` with the factor of the batch's ``lr``/``hr`` grids.
+
+    The ``predict_fn`` for tasks called as ``forward(lr, factor)``, such as
+    :class:`~lightning_climate.tasks.DownscalingTask` (``predict_fn: lightning_climate.callbacks.
+    constraint_monitor.forward_with_factor`` in YAML).
+    """
+    lr, hr = batch["lr"], batch["hr"]
+    factor = hr.shape[-1] / lr.shape[-1]
+    return pl_module(lr, int(factor) if factor.is_integer() else factor)
 
 
 class ConstraintMonitor(Callback):
@@ -19,15 +31,16 @@ class ConstraintMonitor(Callback):
 
     For users whose own models have no constraint layer: it shows how far the model's predictions
     are from conserving the low-resolution input. Batches must be mappings holding the
-    low-resolution input under ``lr_key``. The prediction is ``predict_fn(pl_module, lr)`` (default
-    ``pl_module(lr)``), computed without gradients, or is taken from the mapping returned by
+    low-resolution input under ``lr_key``. The prediction is ``predict_fn(pl_module, batch)``
+    (default ``pl_module(batch[lr_key])``; see :func:`forward_with_factor`), computed without
+    gradients, or is taken from the mapping returned by
     ``validation_step`` under ``output_key`` when given (no second forward pass). Metrics are
     synchronised over DDP ranks, and the value of every epoch is kept in :attr:`history`, which
     is saved in checkpoints.
 
     Args:
         lr_key: batch key of the low-resolution input (B, C, h, w).
-        predict_fn: module-level callable ``(pl_module, lr) -> prediction`` (picklable for DDP).
+        predict_fn: module-level callable ``(pl_module, batch) -> prediction`` (picklable for DDP).
         output_key: key of the prediction in the mapping returned by ``validation_step``.
         prefix: name prefix of the logged values.
     """
@@ -35,7 +48,7 @@ class ConstraintMonitor(Callback):
     def __init__(
         self,
         lr_key: str = "lr",
-        predict_fn: Callable[[LightningModule, Tensor], Tensor] | None = None,
+        predict_fn: Callable[[LightningModule, Mapping[str, Tensor]], Tensor] | None = None,
         output_key: str | None = None,
         prefix: str = "val_constraint_violation",
     ) -> None:
@@ -67,7 +80,9 @@ class ConstraintMonitor(Callback):
         self.mean.reset()
         self.max.reset()
 
-    def _prediction(self, pl_module: LightningModule, outputs: Any, lowres: Tensor) -> Tensor:
+    def _prediction(
+        self, pl_module: LightningModule, outputs: Any, batch: Mapping[str, Tensor]
+    ) -> Tensor:
         if self.output_key is not None:
             if not isinstance(outputs, Mapping) or self.output_key not in outputs:
                 raise KeyError(
@@ -78,8 +93,8 @@ class ConstraintMonitor(Callback):
             return outputs[self.output_key].detach()
         with torch.no_grad():
             if self.predict_fn is not None:
-                return self.predict_fn(pl_module, lowres)
-            return pl_module(lowres)
+                return self.predict_fn(pl_module, batch)
+            return pl_module(batch[self.lr_key])
 
     def on_validation_batch_end(
         self,
@@ -98,7 +113,7 @@ class ConstraintMonitor(Callback):
                 f"{self.lr_key!r}; got {keys}. Set lr_key to the right key."
             )
         lowres = batch[self.lr_key]
-        pred = self._prediction(pl_module, outputs, lowres)
+        pred = self._prediction(pl_module, outputs, batch)
         self.mean.update(pred, lowres)
         self.max.update(pred, lowres)
 

@@ -1,5 +1,6 @@
 """Neural network layers, such as physical constraint layers."""
 
+from lightning_climate.layers.constrained import ConstrainedModel
 from lightning_climate.layers.constraints import (
     AdditiveConstraint,
     MultiplicativeConstraint,
@@ -12,6 +13,7 @@ from lightning_climate.layers.ordering import MinMeanMaxConstraint, OrderingCons
 
 __all__ = [
     "AdditiveConstraint",
+    "ConstrainedModel",
     "MinMaxNormalizer",
     "MinMeanMaxConstraint",
     "MultiplicativeConstraint",

@@ -16,7 +16,7 @@ output's magnitude (measured worst case 5.2e-3 on O(1) data, factors 2-8).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -199,12 +199,13 @@ _LAYERS: dict[str, type[nn.Module]] = {
 }
 
 
-def build_constraint(name: ConstraintName) -> nn.Module | None:
+def build_constraint(name: ConstraintName, **kwargs: Any) -> nn.Module | None:
     """Return the conservation layer called ``name``, or ``None`` for ``"none"``.
 
     Args:
         name: ``"none"``, ``"add"`` (AddCL), ``"mult"`` (MultCL), ``"softmax"`` (SmCL) or
             ``"scadd"`` (ScAddCL).
+        **kwargs: passed to the layer, e.g. ``allow_negative=True`` for ``"softmax"``.
 
     Raises:
         ValueError: for an unknown name, listing the valid ones.
@@ -216,4 +217,4 @@ def build_constraint(name: ConstraintName) -> nn.Module | None:
             f"unknown constraint {name!r}; choose one of {['none', *_LAYERS]} "
             "(e.g. `constraint: softmax` in the model's init_args)."
         )
-    return _LAYERS[name]()
+    return _LAYERS[name](**kwargs)

@@ -46,8 +46,8 @@ class _ScaledNearest(LightningModule):
         return {"pred": pred} if self.return_pred else None
 
 
-def _double_prediction(module: LightningModule, lr: Tensor) -> Tensor:
-    return 2 * module(lr)
+def _double_prediction(module: LightningModule, batch: dict[str, Tensor]) -> Tensor:
+    return 2 * module(batch["lr"])
 
 
 class _WritingMonitor(ConstraintMonitor):

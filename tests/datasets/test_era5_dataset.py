@@ -154,3 +154,13 @@ def test_zarr_without_zarr_installed_says_how_to_install(tmp_path: Path) -> None
     (tmp_path / "era5.zarr").mkdir()
     with pytest.raises(ModuleNotFoundError, match="pip install zarr"):
         ERA5Dataset(tmp_path / "era5.zarr", ["t2m"])
+
+
+def test_generator_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from lightning_climate.datasets.era5 import _cli
+
+    _cli(["--out", str(tmp_path), "--years", "1999", "--hours", "720", "--naming", "cfgrib"])
+    assert capsys.readouterr().out.strip() == str(tmp_path / "era5_1999.nc")
+    ds = ERA5Dataset(tmp_path, ["z"], levels=[500], factor=4)
+    assert ds.channels == ["z500"] and len(ds) == 13
+    assert "isobaricInhPa" in xr.open_dataset(tmp_path / "era5_1999.nc").dims

@@ -60,10 +60,10 @@ def _evaluate(predict, dm: ERA5DataModule) -> tuple[float, float, float]:
     return sq / n, mean.compute().item(), mx.compute().item()
 
 
-def _train(config: str, dm: ERA5DataModule, steps: int, seed: int) -> ConstrainedModel:
+def _train(config: str, dm: ERA5DataModule, steps: int, seed: int, hidden: int) -> ConstrainedModel:
     torch.manual_seed(seed)
     constraint = "none" if config in ("none", "soft") else config
-    model = ConstrainedModel(SRCNN(1, factor=2, hidden_channels=32), constraint)
+    model = ConstrainedModel(SRCNN(1, factor=2, hidden_channels=hidden), constraint)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = DataLoader(
         dm.train_dataset, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(seed)
@@ -89,6 +89,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--hidden", type=int, default=32, help="SR-CNN feature channels")
     args = parser.parse_args()
     dm = _datamodule()
     print(
@@ -102,10 +103,10 @@ def main() -> None:
     }
     for config in CONFIGS:
         start = time.perf_counter()
-        runs = [_evaluate(_train(config, dm, args.steps, s), dm) for s in args.seeds]
+        runs = [_evaluate(_train(config, dm, args.steps, s, args.hidden), dm) for s in args.seeds]
         rows[config] = tuple(sum(r[i] for r in runs) / len(runs) for i in range(3))
         print(f"{config}: {time.perf_counter() - start:.0f} s", flush=True)
-    print(f"\nSR-CNN 2x, t500, {args.steps} steps, mean over seeds {args.seeds}")
+    print(f"\nSR-CNN({args.hidden}) 2x, t500, {args.steps} steps, mean over seeds {args.seeds}")
     print("| method | test MSE (K^2) | mean violation (K) | max violation (K) |")
     print("| --- | --- | --- | --- |")
     for name, (mse, vmean, vmax) in rows.items():

@@ -164,3 +164,14 @@ def test_generator_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[st
     ds = ERA5Dataset(tmp_path, ["z"], levels=[500], factor=4)
     assert ds.channels == ["z500"] and len(ds) == 13
     assert "isobaricInhPa" in xr.open_dataset(tmp_path / "era5_1999.nc").dims
+
+
+def test_pickles_without_open_handles_for_workers() -> None:
+    import pickle
+
+    ds = ERA5Dataset(SAMPLE, ["t"], levels=[850], factor=2)
+    first = ds[5]
+    assert ds._handles  # a handle is open in this process
+    clone = pickle.loads(pickle.dumps(ds))
+    assert clone._handles == {}
+    assert torch.equal(clone[5]["hr"], first["hr"])

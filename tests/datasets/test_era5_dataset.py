@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import importlib.util
 import tracemalloc
 from pathlib import Path
 
@@ -149,11 +148,15 @@ def test_errors(tmp_path: Path) -> None:
         ds[len(ds)]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("zarr") is not None, reason="zarr is installed")
-def test_zarr_without_zarr_installed_says_how_to_install(tmp_path: Path) -> None:
-    (tmp_path / "era5.zarr").mkdir()
-    with pytest.raises(ModuleNotFoundError, match="pip install zarr"):
-        ERA5Dataset(tmp_path / "era5.zarr", ["t2m"])
+def test_zarr_store_reads_like_netcdf(tmp_path: Path) -> None:
+    src = xr.open_dataset(DATA / "generated_cds" / "era5_2000.nc")
+    src.to_zarr(tmp_path / "era5_2000.zarr", mode="w")
+    zarr_ds = ERA5Dataset(tmp_path, ["t2m", "t"], levels=[500], factor=2)
+    nc_ds = ERA5Dataset(
+        DATA / "generated_cds" / "era5_2000.nc", ["t2m", "t"], levels=[500], factor=2
+    )
+    assert zarr_ds.files == [tmp_path / "era5_2000.zarr"] and len(zarr_ds) == len(nc_ds)
+    assert torch.equal(zarr_ds[4]["hr"], nc_ds[4]["hr"])
 
 
 def test_generator_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

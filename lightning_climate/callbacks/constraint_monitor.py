@@ -11,19 +11,7 @@ from torch import Tensor
 
 from lightning_climate.metrics.constraint_violation import ConstraintViolation
 
-__all__ = ["ConstraintMonitor", "forward_with_factor"]
-
-
-def forward_with_factor(pl_module: LightningModule, batch: Mapping[str, Tensor]) -> Tensor:
-    """``pl_module(lr, factor)`` with the factor of the batch's ``lr``/``hr`` grids.
-
-    The ``predict_fn`` for tasks called as ``forward(lr, factor)``, such as
-    :class:`~lightning_climate.tasks.DownscalingTask` (``predict_fn: lightning_climate.callbacks.
-    constraint_monitor.forward_with_factor`` in YAML).
-    """
-    lr, hr = batch["lr"], batch["hr"]
-    factor = hr.shape[-1] / lr.shape[-1]
-    return pl_module(lr, int(factor) if factor.is_integer() else factor)
+__all__ = ["ConstraintMonitor"]
 
 
 class ConstraintMonitor(Callback):
@@ -31,15 +19,18 @@ class ConstraintMonitor(Callback):
 
     For users whose own models have no constraint layer: it shows how far the model's predictions
     are from conserving the low-resolution input. Batches must be mappings holding the
-    low-resolution input under ``lr_key``. The prediction is ``predict_fn(pl_module, batch)``
-    (default ``pl_module(batch[lr_key])``; see :func:`forward_with_factor`), computed without
-    gradients, or is taken from the mapping returned by
-    ``validation_step`` under ``output_key`` when given (no second forward pass). Metrics are
+    low-resolution input under ``lr_key``. The prediction, computed without gradients, is
+    ``pl_module(batch[lr_key])``; or ``pl_module(lr, factor)`` when ``hr_key`` is given, with the
+    factor between the ``lr`` and ``hr`` grids (for tasks such as
+    :class:`~lightning_climate.tasks.DownscalingTask`); or ``predict_fn(pl_module, batch)``; or
+    the value under ``output_key`` of the mapping returned by ``validation_step`` (no second
+    forward pass). Metrics are
     synchronised over DDP ranks, and the value of every epoch is kept in :attr:`history`, which
     is saved in checkpoints.
 
     Args:
         lr_key: batch key of the low-resolution input (B, C, h, w).
+        hr_key: batch key of the high-resolution target, to call ``pl_module(lr, factor)``.
         predict_fn: module-level callable ``(pl_module, batch) -> prediction`` (picklable for DDP).
         output_key: key of the prediction in the mapping returned by ``validation_step``.
         prefix: name prefix of the logged values.
@@ -48,20 +39,23 @@ class ConstraintMonitor(Callback):
     def __init__(
         self,
         lr_key: str = "lr",
+        hr_key: str | None = None,
         predict_fn: Callable[[LightningModule, Mapping[str, Tensor]], Tensor] | None = None,
         output_key: str | None = None,
         prefix: str = "val_constraint_violation",
     ) -> None:
         if not lr_key or not prefix:
             raise ValueError("lr_key and prefix must be non-empty strings.")
-        if predict_fn is not None and output_key is not None:
+        if sum(x is not None for x in (hr_key, predict_fn, output_key)) > 1:
             raise ValueError(
-                "give either predict_fn or output_key, not both: output_key reuses the prediction "
-                "returned by validation_step, predict_fn computes a new one."
+                "give at most one of hr_key, predict_fn and output_key: hr_key calls "
+                "pl_module(lr, factor), predict_fn computes the prediction itself, output_key "
+                "reuses the one returned by validation_step."
             )
         if predict_fn is not None and not callable(predict_fn):
             raise TypeError(f"predict_fn must be callable, got {type(predict_fn).__name__}.")
         self.lr_key = lr_key
+        self.hr_key = hr_key
         self.predict_fn = predict_fn
         self.output_key = output_key
         self.prefix = prefix
@@ -94,7 +88,13 @@ class ConstraintMonitor(Callback):
         with torch.no_grad():
             if self.predict_fn is not None:
                 return self.predict_fn(pl_module, batch)
-            return pl_module(batch[self.lr_key])
+            lowres = batch[self.lr_key]
+            if self.hr_key is None:
+                return pl_module(lowres)
+            if self.hr_key not in batch:
+                raise KeyError(f"the batch has no {self.hr_key!r}; set hr_key to the target's key.")
+            factor = batch[self.hr_key].shape[-1] / lowres.shape[-1]
+            return pl_module(lowres, int(factor) if factor.is_integer() else factor)
 
     def on_validation_batch_end(
         self,

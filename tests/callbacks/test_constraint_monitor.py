@@ -30,6 +30,17 @@ class _PairDataset(Dataset):
         return {"lr": lr, "hr": hr, "index": torch.tensor(i)}
 
 
+class _FactorModel(LightningModule):
+    """Called as forward(lr, factor), like DownscalingTask: prediction lr upsampled + 1."""
+
+    def forward(self, lr: Tensor, factor: int) -> Tensor:
+        assert isinstance(factor, int)
+        return lr.repeat_interleave(factor, -2).repeat_interleave(factor, -1) + 1
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        pass
+
+
 class _ScaledNearest(LightningModule):
     """Prediction 1.5 * nearest-upsampled lr: violation = 0.5 * |lr| exactly."""
 
@@ -98,6 +109,19 @@ def test_predict_fn_and_output_key(trainer_kwargs: dict[str, Any]) -> None:
     assert reuse.history[-1]["mean"] == pytest.approx(_expected(1.5)[0])
 
 
+def test_hr_key_calls_forward_with_factor(trainer_kwargs: dict[str, Any]) -> None:
+    monitor = ConstraintMonitor(hr_key="hr")
+    Trainer(callbacks=[monitor], devices=1, **trainer_kwargs).validate(
+        _FactorModel(), _loader(), verbose=False
+    )
+    assert monitor.history[-1]["mean"] == pytest.approx(1.0)
+    assert monitor.history[-1]["max"] == pytest.approx(1.0)
+    with pytest.raises(KeyError, match="set hr_key"):
+        Trainer(callbacks=[ConstraintMonitor(hr_key="target")], **trainer_kwargs).validate(
+            _FactorModel(), _loader(), verbose=False
+        )
+
+
 def test_state_dict_round_trip_through_checkpoint(
     trainer_kwargs: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -112,7 +136,7 @@ def test_state_dict_round_trip_through_checkpoint(
 
 
 def test_errors(trainer_kwargs: dict[str, Any]) -> None:
-    with pytest.raises(ValueError, match="either predict_fn or output_key"):
+    with pytest.raises(ValueError, match="at most one of hr_key, predict_fn and output_key"):
         ConstraintMonitor(predict_fn=_double_prediction, output_key="pred")
     with pytest.raises(TypeError, match="must be callable"):
         ConstraintMonitor(predict_fn=3)  # type: ignore[arg-type]

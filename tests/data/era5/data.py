@@ -22,7 +22,8 @@ from lightning_climate.datasets.era5 import generate_era5
 from lightning_climate.utils import atomic_path
 
 HERE = Path(__file__).parent
-SOURCE = Path("/work/shared/era5_sample/era5-levels-members.nc")
+# ../shared/era5_sample beside the repository (see README.md for its origin)
+SOURCE = HERE.parents[3] / "shared" / "era5_sample" / "era5-levels-members.nc"
 
 
 def _packing(values: np.ndarray) -> dict[str, float]:

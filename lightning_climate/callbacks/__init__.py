@@ -1,6 +1,7 @@
 """Lightning callbacks that drop into an existing Trainer."""
 
+from lightning_climate.callbacks.constraint_monitor import ConstraintMonitor
 from lightning_climate.callbacks.downscaling_report import DownscalingReport
 from lightning_climate.callbacks.sam import SharpnessAwareMinimization
 
-__all__ = ["DownscalingReport", "SharpnessAwareMinimization"]
+__all__ = ["ConstraintMonitor", "DownscalingReport", "SharpnessAwareMinimization"]

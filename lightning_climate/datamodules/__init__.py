@@ -3,6 +3,13 @@
 from lightning_climate.datamodules.base import BaseDataModule
 from lightning_climate.datamodules.cifar import CIFARDataModule
 from lightning_climate.datamodules.digits import DigitsDataModule
+from lightning_climate.datamodules.era5 import ERA5DataModule
 from lightning_climate.datamodules.navier_stokes import NavierStokesDataModule
 
-__all__ = ["BaseDataModule", "CIFARDataModule", "DigitsDataModule", "NavierStokesDataModule"]
+__all__ = [
+    "BaseDataModule",
+    "CIFARDataModule",
+    "DigitsDataModule",
+    "ERA5DataModule",
+    "NavierStokesDataModule",
+]

@@ -44,15 +44,20 @@ def main() -> None:
     hr = torch.randn(args.batch, 1, 32, 32)
     dfno = DFNO(hidden_channels=args.width, n_modes=(args.modes, args.modes), num_fourier_layers=2)
     fno = FNO(
-        n_modes=(args.modes, args.modes), in_channels=1, out_channels=1,
-        hidden_channels=args.width, n_layers=2,
+        n_modes=(args.modes, args.modes),
+        in_channels=1,
+        out_channels=1,
+        hidden_channels=args.width,
+        n_layers=2,
     )
     upsampled = F.interpolate(lr, size=(32, 32), mode="bicubic", align_corners=False)
     t_dfno = step_time(dfno, (lr, 2), hr, args.steps)
     t_fno = step_time(fno, (upsampled,), hr, args.steps)
     n_dfno = sum(p.numel() for p in dfno.parameters())
     n_fno = sum(p.numel() for p in fno.parameters())
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}, width {args.width}")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}, width {args.width}"
+    )
     print(f"DFNO : {t_dfno:8.2f} ms/step  ({n_dfno} parameters)")
     print(f"FNO  : {t_fno:8.2f} ms/step  ({n_fno} parameters)")
     print(f"ratio DFNO / FNO = {t_dfno / t_fno:.2f}")

@@ -214,3 +214,28 @@ def test_ddp_two_processes_train_the_example(navier_stokes_file: Path, tmp_path:
     assert all(
         torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point()
     )
+
+
+@pytest.mark.parametrize("constraint", ["add", "softmax"])
+def test_constraint_conserves_block_means_at_every_factor(constraint: str) -> None:
+    torch.manual_seed(0)
+    task = DownscalingTask(
+        DFNO(hidden_channels=4, num_residual_blocks=1, n_modes=(4, 4)), constraint=constraint
+    )
+    task.normalizer.set_statistics(torch.tensor([-1.0]), torch.tensor([1.0]))
+    lr = torch.rand(2, 1, 8, 8) * 1.6 - 0.8
+    with torch.no_grad():
+        assert torch.allclose(
+            task(lr, 1), lr, atol=1e-5
+        )  # 1x under a conservation layer is the input
+        for factor in (2, 4):
+            out = task(lr, factor)
+            pooled = torch.nn.functional.avg_pool2d(out, factor)
+            assert torch.allclose(pooled, lr, atol=1e-5)
+
+
+def test_constraint_twice_is_refused() -> None:
+    from lightning_climate.layers import ConstrainedModel
+
+    with pytest.raises(ValueError, match="already ends in the 'add' constraint"):
+        DownscalingTask(ConstrainedModel(SRCNN(), "add"), constraint="softmax")

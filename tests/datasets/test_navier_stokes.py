@@ -200,6 +200,22 @@ def test_solver_is_deterministic_and_batch_independent() -> None:
     assert (per_sample - batched).abs().max() < 1e-14
 
 
+def test_chunked_solve_equals_whole_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    w0 = gaussian_random_field(5, 16, generator=torch.Generator().manual_seed(9))
+    forcing = (
+        li_forcing(16).expand(5, 16, 16)
+        * torch.arange(1.0, 6.0, dtype=torch.float64)[:, None, None]
+    )
+    whole = solve_vorticity(w0, forcing, 1e-3, 0.5, 1e-2, 2)
+    monkeypatch.setattr(navier_stokes, "_CHUNK_BYTES", 1)  # one trajectory per chunk
+    chunked = solve_vorticity(w0, forcing, 1e-3, 0.5, 1e-2, 2)
+    # batched FFTs may round differently from single ones: equal to round-off, not bitwise
+    assert (whole - chunked).abs().max() < 1e-13
+    # the per-trajectory forcing reached the right trajectories
+    alone = solve_vorticity(w0[3:4], forcing[3], 1e-3, 0.5, 1e-2, 2)
+    assert (alone[0] - chunked[3]).abs().max() < 1e-13
+
+
 def test_time_step_convergence_is_first_order() -> None:
     # Explicit Euler advection makes the scheme first order in dt. Against a fine reference
     # (dt = 2.5e-4), halving dt halves the error, and dt = 1e-2 is within the note's 3e-4.
@@ -282,7 +298,7 @@ def test_generated_file_matches_direct_solve(tmp_path: Path) -> None:
         w0 = gaussian_random_field(1, 16, generator=trajectory_generator(11, i))
         expected = solve_vorticity(w0, li_forcing(16), 1e-3, 1.0, 0.05, 2)[0].float()
         assert data[i].dtype == torch.float32 and data[i].shape == (2, 16, 16)
-        assert torch.equal(data[i], expected)
+        assert (data[i] - expected).abs().max() <= 1e-6  # solved in a batch of 2 vs alone
         assert torch.equal(data.initial_condition(i), w0[0].float())
     assert torch.equal(data[-1], data[2])
 
@@ -297,8 +313,8 @@ def test_generation_is_independent_of_batch_size_and_seeded(tmp_path: Path) -> N
     other = NavierStokesTrajectories(
         generate_navier_stokes(tmp_path / "c.h5", 1, seed=1, progress=False, **SMALL)
     )
-    for i in range(3):
-        assert torch.equal(one[i], three[i])
+    for i in range(3):  # float32 files: equal up to float32 rounding of batched-FFT round-off
+        assert (one[i] - three[i]).abs().max() <= 1e-6
     assert (one[0] - other[0]).abs().max() > 0.01
     assert (one[0] - one[1]).abs().max() > 0.01  # trajectories differ from each other
 

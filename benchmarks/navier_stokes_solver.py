@@ -1,12 +1,16 @@
 """Throughput of :func:`solve_vorticity` against a NumPy implementation of the same recipe.
 
 Both solvers run Li et al.'s scheme (rfft2, Crank-Nicolson diffusion, explicit advection and
-forcing, 2/3 dealiasing) in float64 on the same initial conditions in this process; the script first
-checks that they agree, then times a fixed number of steps and converts it to trajectories per
-second for a full trajectory of ``--t-final / --dt`` steps (the main job's T = 10, dt = 1e-3).
+forcing, 2/3 dealiasing) in float64 on the same initial conditions in this process. The script
+first checks that they agree to round-off, then times a fixed number of steps and converts it to
+trajectories per second for a full trajectory of ``--t-final / --dt`` steps (default: the main
+job's T = 10 at dt = 1e-3).
 
-    python benchmarks/navier_stokes_solver.py            # 64^2 and 256^2
-    OMP_NUM_THREADS=1 python benchmarks/navier_stokes_solver.py --threads 1
+Columns: ``torch 1 thr`` and ``numpy`` are CPU seconds of one thread (``time.process_time``, which
+is robust to other processes sharing the machine; numpy.fft is single-threaded); ``torch N thr``
+is wall time with torch's default intra-op threads. Ratios are torch over numpy.
+
+    OMP_NUM_THREADS=... python benchmarks/navier_stokes_solver.py
 """
 
 from __future__ import annotations
@@ -52,58 +56,55 @@ def numpy_solve(
     return np.fft.irfft2(w_h, s=(n, n))
 
 
-def best_of(repeats: int, fn: Callable[..., object], *args: object) -> float:
-    """Fastest of ``repeats`` timed calls of ``fn(*args)``."""
+def best_of(
+    repeats: int, clock: Callable[[], float], fn: Callable[..., object], *args: object
+) -> float:
+    """Fastest of ``repeats`` calls of ``fn(*args)`` measured with ``clock``."""
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn(*args)
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return min(times)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--resolutions", type=int, nargs="+", default=[64, 256])
-    parser.add_argument("--batch", type=int, nargs="+", default=[16, 4], help="per resolution")
-    parser.add_argument("--steps", type=int, nargs="+", default=[200, 40], help="per resolution")
+    parser.add_argument("--resolutions", type=int, nargs="+", default=[64, 64, 256, 256])
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 16, 1, 4])
+    parser.add_argument("--steps", type=int, nargs="+", default=[300, 100, 20, 10])
     parser.add_argument("--viscosity", type=float, default=1e-3)
     parser.add_argument("--dt", type=float, default=1e-3)
     parser.add_argument("--t-final", type=float, default=10.0)
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads (default: torch's)"
-    )
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    steps_per_trajectory = round(args.t_final / args.dt)
+    threads = torch.get_num_threads()
+    per_trajectory = round(args.t_final / args.dt)
     print(
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads) vs numpy {np.__version__}; "
-        f"trajectories/s for {steps_per_trajectory} steps (T={args.t_final:g}, dt={args.dt:g})"
+        f"torch {torch.__version__} vs numpy {np.__version__}: trajectories/s for {per_trajectory} "
+        f"steps (T={args.t_final:g}, dt={args.dt:g}), float64"
     )
-    print(
-        f"{'grid':>8} {'batch':>5} {'torch traj/s':>13} {'numpy traj/s':>13} {'ratio':>7} {'max diff':>9}"
-    )
+    header = f"{'grid':>6} {'batch':>5} {'numpy':>9} {'torch 1 thr':>12} {'ratio':>6}"
+    print(f"{header} {f'torch {threads} thr':>12} {'ratio':>6} {'max diff':>9}")
     for n, batch, steps in zip(args.resolutions, args.batch, args.steps, strict=True):
         w0 = gaussian_random_field(batch, n, generator=torch.Generator().manual_seed(0))
         forcing = li_forcing(n)
         t_run = steps * args.dt
-        ours = solve_vorticity(w0, forcing, args.viscosity, t_run, args.dt, 1)[:, 0].numpy()
-        reference = numpy_solve(w0.numpy(), forcing.numpy(), args.viscosity, args.dt, steps)
+        solve_args = (w0, forcing, args.viscosity, t_run, args.dt, 1)
+        numpy_args = (w0.numpy(), forcing.numpy(), args.viscosity, args.dt, steps)
+        ours = solve_vorticity(*solve_args)[:, 0].numpy()
+        reference = numpy_solve(*numpy_args)
         diff = np.abs(ours - reference).max() / np.abs(reference).max()
         assert diff < 1e-10, f"torch and numpy solvers disagree: {diff:.2e}"
-        t_torch = best_of(
-            args.repeats, solve_vorticity, w0, forcing, args.viscosity, t_run, args.dt, 1
-        )
-        t_numpy = best_of(
-            args.repeats, numpy_solve, w0.numpy(), forcing.numpy(), args.viscosity, args.dt, steps
-        )
-        rate_torch = batch / (t_torch / steps * steps_per_trajectory)
-        rate_numpy = batch / (t_numpy / steps * steps_per_trajectory)
+        t_numpy = best_of(args.repeats, time.process_time, numpy_solve, *numpy_args)
+        torch.set_num_threads(1)
+        t_one = best_of(args.repeats, time.process_time, solve_vorticity, *solve_args)
+        torch.set_num_threads(threads)
+        t_many = best_of(args.repeats, time.perf_counter, solve_vorticity, *solve_args)
+        rates = [batch * steps / (t * per_trajectory) for t in (t_numpy, t_one, t_many)]
         print(
-            f"{n:>5}^2 {batch:>5} {rate_torch:>13.3f} {rate_numpy:>13.3f} "
-            f"{rate_torch / rate_numpy:>6.2f}x {diff:>9.1e}"
+            f"{n:>4}^2 {batch:>5} {rates[0]:>9.3f} {rates[1]:>12.3f} {rates[1] / rates[0]:>5.2f}x "
+            f"{rates[2]:>12.3f} {rates[2] / rates[0]:>5.2f}x {diff:>9.1e}"
         )
 
 

@@ -9,7 +9,8 @@ HDF5 file per set; the reader also opens the published FNO ``.mat`` files.
 File layout written by :func:`generate_navier_stokes` (HDF5):
 
 * ``vorticity``: float32 ``(num_trajectories, record_steps, resolution, resolution)``, the states at
-  ``t = t_final / record_steps, 2 t_final / record_steps, ..., t_final`` (not ``t = 0``, as in Li's files);
+  ``t = t_final / record_steps, 2 t_final / record_steps, ..., t_final``; as in Li's files, the
+  first record is not ``t = 0``;
 * ``w0``: float32 ``(num_trajectories, resolution, resolution)``, the initial conditions;
 * ``t``: float64 ``(record_steps,)``, the recorded times;
 * attributes: every generator argument, the seed and the package version.
@@ -476,7 +477,12 @@ class NavierStokesTrajectories(Dataset[Tensor]):
         """Initial vorticity (``w0``, or ``a`` in ``.mat`` files) of trajectory ``index``: ``(H, W)``."""
         index = self._check_index(index)
         if self.format == "mat-v5":
-            field = self._mat_v5()["a"][index]
+            variables = self._mat_v5()
+            if "a" not in variables:
+                raise KeyError(
+                    f"{self.path} has no initial conditions `a`; found {sorted(variables)}."
+                )
+            field = variables["a"][index]
         elif self.format == "mat-v7.3":
             field = self._hdf5_read("a", (..., index)).T  # (W, H) -> (H, W)
         else:
@@ -495,7 +501,8 @@ class NavierStokesTrajectories(Dataset[Tensor]):
         if self._mat is None:
             from scipy.io import loadmat
 
-            self._mat = loadmat(self.path, variable_names=["a", "u"])
+            mat = loadmat(self.path, variable_names=["a", "u"])
+            self._mat = {key: value for key, value in mat.items() if not key.startswith("__")}
         return self._mat
 
     def _hdf5_read(self, key: str, selection: Any) -> np.ndarray:

@@ -509,3 +509,16 @@ def test_nan_is_reported_with_trajectory_index(tmp_path: Path) -> None:
         data[1]
     with pytest.raises(IndexError, match="trajectory 3 is out of range"):
         data[3]
+
+
+def test_missing_initial_conditions_are_named(tmp_path: Path) -> None:
+    _, u, _ = fno_arrays()
+    v5 = tmp_path / "only_u.mat"
+    scipy.io.savemat(v5, {"u": u})
+    with pytest.raises(KeyError, match=r"only_u\.mat has no initial conditions `a`; found \['u'\]"):
+        NavierStokesTrajectories(v5).initial_condition(0)
+    h5 = tmp_path / "only_u.h5"
+    with h5py.File(h5, "w") as file:
+        file["vorticity"] = np.zeros((1, 2, 4, 4), dtype=np.float32)
+    with pytest.raises(KeyError, match=r"only_u\.h5 has no `w0` variable; found \['vorticity'\]"):
+        NavierStokesTrajectories(h5).initial_condition(0)

@@ -364,6 +364,11 @@ class NavierStokesTrajectories(Dataset[Tensor]):
 
     Args:
         path: the data file.
+
+    Attributes:
+        format: ``"hdf5"``, ``"mat-v7.3"`` or ``"mat-v5"``.
+        attrs: the file's metadata (every generator parameter for our files).
+        times: record times ``(num_steps,)`` from the file's ``t``, or ``None`` if it has none.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -406,19 +411,18 @@ class NavierStokesTrajectories(Dataset[Tensor]):
                     t, w, h, n = file["u"].shape
                     self._shape = (n, t, h, w)
                     self.attrs = {"format": "mat-v7.3"}
-                    if "t" in file:
-                        self.attrs["t"] = np.asarray(file["t"][()]).ravel().tolist()
                 else:
                     raise ValueError(
                         f"{self.path} has neither `vorticity` (generate_navier_stokes files) nor `u` "
                         f"(FNO .mat files); variables found: {names}. Point `path` at a Navier-Stokes "
                         f"file, or {_REGENERATE}."
                     )
+                self.times = _times(file["t"][()] if "t" in file else None)
         except OSError as err:
             raise ValueError(_corrupt(self.path)) from err
 
     def _open_mat_v5(self) -> None:
-        from scipy.io import whosmat
+        from scipy.io import loadmat, whosmat
 
         try:
             variables = {name: shape for name, shape, _ in whosmat(self.path)}
@@ -437,6 +441,7 @@ class NavierStokesTrajectories(Dataset[Tensor]):
         n, h, w, t = shape
         self.format, self._key, self._shape = "mat-v5", "u", (n, t, h, w)
         self.attrs = {"format": "mat-v5"}
+        self.times = _times(loadmat(self.path, variable_names=["t"]).get("t"))
 
     @property
     def num_trajectories(self) -> int:
@@ -536,6 +541,11 @@ def _corrupt(path: Path) -> str:
         f"{path} could not be read as HDF5 or MATLAB .mat (truncated or corrupt?). Delete it and "
         f"{_REGENERATE}."
     )
+
+
+def _times(values: Any) -> Tensor | None:
+    """Record times as a float64 vector, or ``None`` when the file has none."""
+    return None if values is None else torch.as_tensor(np.asarray(values, dtype=np.float64).ravel())
 
 
 def _plain(value: Any) -> Any:

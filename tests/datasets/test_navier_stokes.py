@@ -281,6 +281,7 @@ def test_generated_file_matches_direct_solve(tmp_path: Path) -> None:
     data = NavierStokesTrajectories(path)
     assert (len(data), data.num_trajectories, data.num_steps, data.resolution) == (3, 3, 2, 16)
     assert data.format == "hdf5"
+    assert data.times.tolist() == [0.5, 1.0]
     for key, value in {
         **SMALL,
         "seed": 11,
@@ -410,7 +411,7 @@ def test_reader_opens_fno_mat_v73(tmp_path: Path) -> None:
     data = NavierStokesTrajectories(path)
     assert data.format == "mat-v7.3"
     assert (len(data), data.num_steps, data.resolution) == (3, 5, 8)
-    assert data.attrs["t"] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert data.times.tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
     for i in range(3):
         assert torch.equal(data[i], torch.from_numpy(u[i]).permute(2, 0, 1))
         assert torch.equal(data.initial_condition(i), torch.from_numpy(a[i]))
@@ -422,6 +423,7 @@ def test_reader_opens_fno_mat_v5(tmp_path: Path) -> None:
     scipy.io.savemat(path, {"a": a, "u": u, "t": t})
     data = NavierStokesTrajectories(path)
     assert data.format == "mat-v5"
+    assert data.times.tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
     assert (len(data), data.num_steps, data.resolution) == (3, 5, 8)
     for i in range(3):
         assert torch.equal(data[i], torch.from_numpy(u[i]).permute(2, 0, 1))
@@ -504,6 +506,7 @@ def test_nan_is_reported_with_trajectory_index(tmp_path: Path) -> None:
     with h5py.File(path, "w") as file:
         file["vorticity"] = field
     data = NavierStokesTrajectories(path)
+    assert data.times is None
     assert torch.equal(data[0], torch.zeros(2, 4, 4))
     with pytest.raises(ValueError, match=r"trajectory 1 of .*nan\.h5 contains NaN"):
         data[1]

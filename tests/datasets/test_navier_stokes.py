@@ -78,8 +78,9 @@ def test_grf_pointwise_variance_matches_li_scaling() -> None:
     theory = grf_variance_theory(64)
     assert theory == pytest.approx(0.0343, abs=5e-5)  # the research note's number
     # The per-field mean squares are i.i.d.; their mean estimates the pointwise variance with a
-    # standard error measured from the same draws. 400 fields of 64^2 give SE ~ 1e-3 (~3%), and
-    # we accept 4 SE (false-failure probability ~6e-5 for this fixed seed-free bound).
+    # standard error measured from the same draws. 400 fields of 64^2 give SE ~ 7e-4 (~2%), and
+    # we accept 4 SE: a correct sampler fails this with probability ~6e-5 over seeds (seed fixed),
+    # while a wrong scaling factor (sqrt(2), sigma or s^2) misses by far more than 4 SE.
     w = gaussian_random_field(400, 64, generator=torch.Generator().manual_seed(0))
     mean_squares = w.pow(2).mean(dim=(-2, -1))
     estimate = mean_squares.mean().item()

@@ -243,12 +243,13 @@ def test_64_grid_agrees_with_256_grid_subsampled() -> None:
 
 @pytest.mark.slow
 def test_main_job_time_step_is_within_1e_3_of_li_time_step() -> None:
-    # 64^2, nu = 1e-3, T = 10, 10 records: dt = 2e-2 (500 steps) stays within 1e-3 relative L2
-    # of Li's dt = 1e-4 at every record; dt = 1e-3 within 1e-4 (benchmarks/navier_stokes_timestep.py).
+    # 64^2, nu = 1e-3, T = 10, 10 records: dt = 1e-2 (1000 steps) stays within 1e-3 relative L2
+    # of Li's dt = 1e-4 at every record (over 200 trajectories its worst error against dt = 1e-3
+    # was 6.1e-4; dt = 2e-2 exceeded 1e-3 on 5.5% of them); dt = 1e-3 is within 1e-4.
     w0 = gaussian_random_field(1, 64, generator=trajectory_generator(0, 0))
     f = li_forcing(64)
     reference = solve_vorticity(w0, f, 1e-3, 10.0, 1e-4, 10)
-    for dt, bound in ((2e-2, 1e-3), (1e-3, 1e-4)):
+    for dt, bound in ((1e-2, 1e-3), (1e-3, 1e-4)):
         out = solve_vorticity(w0, f, 1e-3, 10.0, dt, 10)
         err = (out - reference).flatten(2).norm(dim=-1) / reference.flatten(2).norm(dim=-1)
         assert err.max().item() < bound

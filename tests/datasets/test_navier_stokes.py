@@ -549,3 +549,33 @@ def test_missing_initial_conditions_are_named(tmp_path: Path) -> None:
         file["vorticity"] = np.zeros((1, 2, 4, 4), dtype=np.float32)
     with pytest.raises(KeyError, match=r"only_u\.h5 has no `w0` variable; found \['vorticity'\]"):
         NavierStokesTrajectories(h5).initial_condition(0)
+
+
+# --------------------------------------------------------------------------- committed fixtures
+
+FIXTURES = Path(__file__).parents[1] / "data" / "navier_stokes"
+
+
+def test_committed_fixtures_agree_across_formats() -> None:
+    ours = NavierStokesTrajectories(FIXTURES / "ns_tiny.h5")
+    v73 = NavierStokesTrajectories(FIXTURES / "ns_tiny_v73.mat")
+    v5 = NavierStokesTrajectories(FIXTURES / "ns_tiny_v5.mat")
+    assert [d.format for d in (ours, v73, v5)] == ["hdf5", "mat-v7.3", "mat-v5"]
+    for data in (v73, v5):
+        assert (len(data), data.num_steps, data.resolution) == (2, 2, 16)
+        assert torch.equal(data.times, ours.times)
+        for i in range(2):
+            assert torch.equal(data[i], ours[i])
+            assert torch.equal(data.initial_condition(i), ours.initial_condition(i))
+
+
+def test_committed_file_is_reproduced_by_the_generator(tmp_path: Path) -> None:
+    committed = NavierStokesTrajectories(FIXTURES / "ns_tiny.h5")
+    params = {k: committed.attrs[k] for k in ("resolution", "viscosity", "t_final", "dt", "seed")}
+    params |= {"record_steps": committed.attrs["record_steps"]}
+    fresh = NavierStokesTrajectories(
+        generate_navier_stokes(tmp_path / "ns.h5", len(committed), progress=False, **params)
+    )
+    for i in range(len(committed)):  # same up to float32 rounding of FFT round-off across builds
+        assert (fresh[i] - committed[i]).abs().max() <= 1e-6
+        assert torch.equal(fresh.initial_condition(i), committed.initial_condition(i))

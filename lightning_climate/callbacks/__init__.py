@@ -1,3 +1,5 @@
 """Lightning callbacks that drop into an existing Trainer."""
 
-__all__: list[str] = []
+from lightning_climate.callbacks.difficulty import DifficultyScores
+
+__all__: list[str] = ["DifficultyScores"]

@@ -306,11 +306,12 @@ class DifficultyScores(Callback):
         loader = self._probe_loader(trainer, pl_module)
         wrapper = functional_forward(pl_module, self.forward)
         features: dict[str, list[Tensor]] = {name: [] for name in self.layers}
+        hooks = [_FeatureHook(features[name]) for name in self.layers]
         handles = []
         if "prediction_depth" in active:
             modules = dict(pl_module.named_modules())
-            for name in self.layers:
-                handles.append(modules[name].register_forward_hook(_FeatureHook(features[name])))
+            for name, hook in zip(self.layers, hooks, strict=True):
+                handles.append(modules[name].register_forward_hook(hook))
         indices: list[Tensor] = []
         columns: dict[str, list[Tensor]] = {}
         vog_grads: list[Tensor] = []
@@ -328,7 +329,11 @@ class DifficultyScores(Callback):
                         else batch
                     )
                 x, y, idx = self._unpack(batch)
+                for hook in hooks:
+                    hook.enabled = True
                 logits = wrapper(x)
+                for hook in hooks:  # GraNd's and VoG's extra forwards must not be recorded
+                    hook.enabled = False
                 for name, value in output_scores(logits, y).items():
                     columns.setdefault(name, []).append(value.cpu())
                 columns.setdefault("prediction", []).append(logits.argmax(1).double().cpu())
@@ -497,6 +502,8 @@ class _FeatureHook:
 
     def __init__(self, store: list[Tensor]) -> None:
         self.store = store
+        self.enabled = False
 
     def __call__(self, module: nn.Module, args: Any, output: Tensor) -> None:
-        self.store.append(output.detach().flatten(1).cpu())
+        if self.enabled:
+            self.store.append(output.detach().flatten(1).cpu())

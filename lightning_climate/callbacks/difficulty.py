@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
@@ -181,7 +182,12 @@ class DifficultyScores(Callback):
     # ------------------------------------------------------------------ hooks
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Resolve the output file and check the module's submodules named by ``layers``."""
+        """Refuse sharded strategies, check ``layers`` and resolve the output file."""
+        if isinstance(trainer.strategy, FSDPStrategy | DeepSpeedStrategy):
+            raise TypeError(
+                "DifficultyScores evaluates the full model on every rank; use DDP or a single "
+                f"device instead of {type(trainer.strategy).__name__}."
+            )
         modules = dict(pl_module.named_modules())
         missing = [name for name in self.layers if name not in modules]
         if missing:

@@ -23,11 +23,19 @@ from lightning_climate.analysis.scores import (
 @pytest.mark.parametrize("num_classes", [10, 100])
 def test_uniform_prediction(num_classes: int) -> None:
     scores = output_scores(torch.zeros(3, num_classes), torch.tensor([0, 1, 2]))
-    torch.testing.assert_close(scores["el2n"], torch.full((3,), math.sqrt(1 - 1 / num_classes), dtype=torch.float64))
-    torch.testing.assert_close(scores["entropy"], torch.full((3,), math.log(num_classes), dtype=torch.float64))
+    torch.testing.assert_close(
+        scores["el2n"], torch.full((3,), math.sqrt(1 - 1 / num_classes), dtype=torch.float64)
+    )
+    torch.testing.assert_close(
+        scores["entropy"], torch.full((3,), math.log(num_classes), dtype=torch.float64)
+    )
     torch.testing.assert_close(scores["margin"], torch.zeros(3, dtype=torch.float64))
-    torch.testing.assert_close(scores["loss"], torch.full((3,), math.log(num_classes), dtype=torch.float64))
-    torch.testing.assert_close(scores["confidence"], torch.full((3,), 1 / num_classes, dtype=torch.float64))
+    torch.testing.assert_close(
+        scores["loss"], torch.full((3,), math.log(num_classes), dtype=torch.float64)
+    )
+    torch.testing.assert_close(
+        scores["confidence"], torch.full((3,), 1 / num_classes, dtype=torch.float64)
+    )
 
 
 def test_confident_correct_and_wrong() -> None:
@@ -73,7 +81,9 @@ def test_grand_linear_softmax_closed_form() -> None:
 
 def test_grand_vmap_matches_loop_and_chunks() -> None:
     torch.manual_seed(1)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5)
+    ).eval()
     x = torch.randn(9, 1, 8, 8)
     y = torch.randint(0, 5, (9,))
     reference = grand_loop(model, x, y)

@@ -17,7 +17,12 @@ from sklearn.datasets import load_digits
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_climate.analysis.scores import VoGAccumulator, forgetting_statistics, grand, output_scores
+from lightning_climate.analysis.scores import (
+    VoGAccumulator,
+    forgetting_statistics,
+    grand,
+    output_scores,
+)
 from lightning_climate.callbacks import DifficultyScores
 
 
@@ -49,7 +54,9 @@ class TinyClassifier(LightningModule):
     def __init__(self, lr: float = 0.5, hidden: int = 16, crash_at_epoch: int = -1) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -91,7 +98,9 @@ def read(path: Path) -> xr.Dataset:
         return ds.load()
 
 
-def fit(trainer_kwargs: dict[str, Any], callback: DifficultyScores, epochs: int = 2, **model_kw: Any) -> TinyClassifier:
+def fit(
+    trainer_kwargs: dict[str, Any], callback: DifficultyScores, epochs: int = 2, **model_kw: Any
+) -> TinyClassifier:
     torch.manual_seed(0)
     model = TinyClassifier(**model_kw)
     trainer = Trainer(max_epochs=epochs, callbacks=[callback], **trainer_kwargs)
@@ -99,9 +108,13 @@ def fit(trainer_kwargs: dict[str, Any], callback: DifficultyScores, epochs: int 
     return model
 
 
-def test_scores_of_final_model_match_direct_computation(trainer_kwargs: dict[str, Any], tmp_path: Path) -> None:
+def test_scores_of_final_model_match_direct_computation(
+    trainer_kwargs: dict[str, Any], tmp_path: Path
+) -> None:
     path = tmp_path / "scores.nc"
-    callback = DifficultyScores(scores=ALL_SCORES, layers=["net.1", "net.3"], knn_k=5, path=str(path))
+    callback = DifficultyScores(
+        scores=ALL_SCORES, layers=["net.1", "net.3"], knn_k=5, path=str(path)
+    )
     model = fit(trainer_kwargs, callback, epochs=3)
     ds = read(path)
     assert ds["loss"].dims == ("epoch", "index")
@@ -119,7 +132,9 @@ def test_scores_of_final_model_match_direct_computation(trainer_kwargs: dict[str
         expected = output_scores(model(data.images), data.labels)
     for name, value in expected.items():
         np.testing.assert_allclose(ds[name].values[-1], value.numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(ds["grand"].values[-1], grand(model, data.images, data.labels).numpy(), rtol=1e-4)
+    np.testing.assert_allclose(
+        ds["grand"].values[-1], grand(model, data.images, data.labels).numpy(), rtol=1e-4
+    )
     trace = torch.tensor(ds["accuracy"].values)
     stats = forgetting_statistics(trace)
     for name in ("forgetting", "first_learned", "first_unforgettable", "unforgettable"):
@@ -138,16 +153,28 @@ class ModeSpy(DifficultyScores):
         assert pl_module.training
 
 
-def test_train_mode_restored_and_custom_forward(trainer_kwargs: dict[str, Any], tmp_path: Path) -> None:
+def test_train_mode_restored_and_custom_forward(
+    trainer_kwargs: dict[str, Any], tmp_path: Path
+) -> None:
     path = tmp_path / "s.nc"
-    fit(trainer_kwargs, ModeSpy(forward=logits_from_net, path=str(path), scores=["loss", "grand"]), epochs=1)
+    fit(
+        trainer_kwargs,
+        ModeSpy(forward=logits_from_net, path=str(path), scores=["loss", "grand"]),
+        epochs=1,
+    )
     assert np.isfinite(read(path)["grand"].values).all()
 
 
-def test_schedule_epochs_steps_and_per_score(trainer_kwargs: dict[str, Any], tmp_path: Path) -> None:
+def test_schedule_epochs_steps_and_per_score(
+    trainer_kwargs: dict[str, Any], tmp_path: Path
+) -> None:
     path = tmp_path / "s.nc"
     callback = DifficultyScores(
-        scores=["loss", "grand"], epochs=[-1, 1, 2], steps=[3], score_epochs={"grand": [2]}, path=str(path)
+        scores=["loss", "grand"],
+        epochs=[-1, 1, 2],
+        steps=[3],
+        score_epochs={"grand": [2]},
+        path=str(path),
     )
     fit(trainer_kwargs, callback, epochs=3)
     ds = read(path)
@@ -156,7 +183,9 @@ def test_schedule_epochs_steps_and_per_score(trainer_kwargs: dict[str, Any], tmp
     grand_done = np.isfinite(ds["grand"].values).all(1).tolist()
     assert grand_done == [False, False, False, True]
     assert np.isfinite(ds["loss"].values).all()
-    assert ds["loss"].values[0].mean() == pytest.approx(math.log(10), abs=0.15)  # untrained: near uniform
+    assert ds["loss"].values[0].mean() == pytest.approx(
+        math.log(10), abs=0.15
+    )  # untrained: near uniform
 
 
 def test_summary_goes_to_logger(trainer_kwargs: dict[str, Any], tmp_path: Path) -> None:
@@ -166,7 +195,9 @@ def test_summary_goes_to_logger(trainer_kwargs: dict[str, Any], tmp_path: Path) 
     callback = DifficultyScores(scores=["loss", "el2n"], path=str(tmp_path / "s.nc"))
     fit(trainer_kwargs, callback, epochs=2)
     ds = read(tmp_path / "s.nc")
-    assert callback.last_summary["difficulty/el2n_mean"] == pytest.approx(float(ds["el2n"].values[-1].mean()))
+    assert callback.last_summary["difficulty/el2n_mean"] == pytest.approx(
+        float(ds["el2n"].values[-1].mean())
+    )
     metrics = (tmp_path / "log" / "version_0" / "metrics.csv").read_text()
     assert "difficulty/loss_mean" in metrics
 
@@ -177,11 +208,15 @@ class TupleBatches(LightningDataModule):
         return DataLoader(list(zip(data.images, data.labels, strict=True)), batch_size=10)
 
 
-def test_missing_index_key_names_the_requirement(trainer_kwargs: dict[str, Any], tmp_path: Path) -> None:
+def test_missing_index_key_names_the_requirement(
+    trainer_kwargs: dict[str, Any], tmp_path: Path
+) -> None:
     callback = DifficultyScores(index_key="idx", path=str(tmp_path / "s.nc"))
     with pytest.raises(KeyError, match=r"position in the dataset under `index_key`.*\['idx'\]"):
         fit(trainer_kwargs, callback, epochs=1)
-    trainer = Trainer(max_epochs=1, callbacks=[DifficultyScores(path=str(tmp_path / "t.nc"))], **trainer_kwargs)
+    trainer = Trainer(
+        max_epochs=1, callbacks=[DifficultyScores(path=str(tmp_path / "t.nc"))], **trainer_kwargs
+    )
 
     class TupleModel(TinyClassifier):
         def training_step(self, batch: Any, batch_idx: int) -> Tensor:
@@ -203,7 +238,9 @@ def test_argument_validation() -> None:
 
 
 def test_unknown_layer_is_refused(trainer_kwargs: dict[str, Any], tmp_path: Path) -> None:
-    callback = DifficultyScores(scores=["prediction_depth"], layers=["net.9"], path=str(tmp_path / "s.nc"))
+    callback = DifficultyScores(
+        scores=["prediction_depth"], layers=["net.9"], path=str(tmp_path / "s.nc")
+    )
     with pytest.raises(ValueError, match=r"layers \['net.9'\] are not submodules"):
         fit(trainer_kwargs, callback, epochs=1)
 
@@ -211,7 +248,10 @@ def test_unknown_layer_is_refused(trainer_kwargs: dict[str, Any], tmp_path: Path
 def test_state_dict_round_trip() -> None:
     callback = DifficultyScores(scores=["accuracy", "forgetting", "vog"])
     callback.scored = [(0, 7), (1, 14)]
-    callback.accuracy_trace = [torch.tensor([0, 1], dtype=torch.uint8), torch.tensor([1, 1], dtype=torch.uint8)]
+    callback.accuracy_trace = [
+        torch.tensor([0, 1], dtype=torch.uint8),
+        torch.tensor([1, 1], dtype=torch.uint8),
+    ]
     callback.vog = VoGAccumulator(2)
     callback.vog.update(torch.tensor([0, 1]), torch.ones(2, 3))
     callback.vog.update(torch.tensor([0, 1]), torch.zeros(2, 3))
@@ -222,19 +262,29 @@ def test_state_dict_round_trip() -> None:
     torch.testing.assert_close(other.vog.compute(), torch.full((2,), 0.25, dtype=torch.float64))
 
 
-def test_crash_keeps_written_epochs_and_resume_continues(trainer_kwargs: dict[str, Any], tmp_path: Path) -> None:
+def test_crash_keeps_written_epochs_and_resume_continues(
+    trainer_kwargs: dict[str, Any], tmp_path: Path
+) -> None:
     path = tmp_path / "s.nc"
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_epochs=1)
     scores = ["loss", "accuracy", "forgetting", "vog"]
     torch.manual_seed(0)
-    trainer = Trainer(max_epochs=4, callbacks=[DifficultyScores(scores=scores, path=str(path)), ckpt], **trainer_kwargs)
+    trainer = Trainer(
+        max_epochs=4,
+        callbacks=[DifficultyScores(scores=scores, path=str(path)), ckpt],
+        **trainer_kwargs,
+    )
     with pytest.raises(RuntimeError, match="simulated crash"):
         trainer.fit(TinyClassifier(crash_at_epoch=2), TinyDigits())
     crashed = read(path)
     assert crashed["epoch"].values.tolist() == [0, 1]
 
     resumed_cb = DifficultyScores(scores=scores, path=str(path))
-    trainer = Trainer(max_epochs=4, callbacks=[resumed_cb, ModelCheckpoint(dirpath=tmp_path / "ckpt")], **trainer_kwargs)
+    trainer = Trainer(
+        max_epochs=4,
+        callbacks=[resumed_cb, ModelCheckpoint(dirpath=tmp_path / "ckpt")],
+        **trainer_kwargs,
+    )
     trainer.fit(TinyClassifier(), TinyDigits(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     final = read(path)
     assert final["epoch"].values.tolist() == [0, 1, 2, 3]
@@ -246,11 +296,17 @@ def test_crash_keeps_written_epochs_and_resume_continues(trainer_kwargs: dict[st
     assert int(resumed_cb.vog.count.max()) == 4
 
 
-def test_resume_drops_records_written_after_the_checkpoint(trainer_kwargs: dict[str, Any], tmp_path: Path) -> None:
+def test_resume_drops_records_written_after_the_checkpoint(
+    trainer_kwargs: dict[str, Any], tmp_path: Path
+) -> None:
     path = tmp_path / "s.nc"
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="e{epoch}", save_top_k=-1, every_n_epochs=1)
+    ckpt = ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", filename="e{epoch}", save_top_k=-1, every_n_epochs=1
+    )
     torch.manual_seed(0)
-    trainer = Trainer(max_epochs=3, callbacks=[DifficultyScores(path=str(path)), ckpt], **trainer_kwargs)
+    trainer = Trainer(
+        max_epochs=3, callbacks=[DifficultyScores(path=str(path)), ckpt], **trainer_kwargs
+    )
     trainer.fit(TinyClassifier(), TinyDigits())
     assert read(path)["epoch"].values.tolist() == [0, 1, 2]
     # resume from the checkpoint of epoch 0: the file's records of epochs 1-2 belong to the abandoned branch
@@ -266,7 +322,11 @@ def run_for_ddp(root: str, devices: int) -> None:
     torch.manual_seed(0)
     model = TinyClassifier(lr=0.0)
     callback = DifficultyScores(
-        scores=ALL_SCORES, epochs=[-1, 0, 1], layers=["net.1", "net.3"], knn_k=5, path=f"{root}/scores_{devices}.nc"
+        scores=ALL_SCORES,
+        epochs=[-1, 0, 1],
+        layers=["net.1", "net.3"],
+        knn_k=5,
+        path=f"{root}/scores_{devices}.nc",
     )
     kwargs: dict[str, Any] = {"strategy": "ddp_spawn"} if devices > 1 else {}
     trainer = Trainer(
@@ -290,9 +350,13 @@ def test_two_processes_give_the_single_process_scores(tmp_path: Path) -> None:
     run_for_ddp(str(tmp_path), 2)
     single, double = read(tmp_path / "scores_1.nc"), read(tmp_path / "scores_2.nc")
     assert double.attrs["world_size"] == 2
-    assert double["index"].values.tolist() == list(range(101))  # 101 examples: one padding duplicate
+    assert double["index"].values.tolist() == list(
+        range(101)
+    )  # 101 examples: one padding duplicate
     assert single["epoch"].values.tolist() == double["epoch"].values.tolist() == [-1, 0, 1]
     for name in ALL_SCORES:
-        np.testing.assert_allclose(double[name].values, single[name].values, rtol=1e-6, atol=1e-7, err_msg=name)
+        np.testing.assert_allclose(
+            double[name].values, single[name].values, rtol=1e-6, atol=1e-7, err_msg=name
+        )
     for name in ("accuracy", "prediction_depth", "forgetting", "first_learned"):
         np.testing.assert_array_equal(double[name].values, single[name].values, err_msg=name)

@@ -149,7 +149,8 @@ class FunctionalDimension(Callback):
         values = self.measure(pl_module)
         self.history.append({"epoch": float(trainer.current_epoch), **values})
         for name, value in values.items():
-            pl_module.log(name, value, on_step=False, on_epoch=True)
+            # identical on every rank (synced weights, same points): the mean sync is exact
+            pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=True)
 
     def state_dict(self) -> dict[str, Any]:
         """Measurements so far and the input shape."""

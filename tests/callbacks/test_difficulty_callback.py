@@ -23,7 +23,7 @@ from lightning_climate.analysis.scores import (
     grand,
     output_scores,
 )
-from lightning_climate.callbacks import DifficultyScores
+from lightning_climate.callbacks import DifficultyScores, FunctionalDimension
 
 
 class DigitsSubset(Dataset[dict[str, Tensor]]):
@@ -317,6 +317,18 @@ def test_resume_drops_records_written_after_the_checkpoint(
     assert ds["global_step"].values.tolist() == [7, 14]
 
 
+class RecordingFunctionalDimension(FunctionalDimension):
+    """Writes its measurements to ``<root>/fdim_<devices>.json`` from rank 0 (ddp_spawn loses state)."""
+
+    def __init__(self, out: str) -> None:
+        super().__init__(num_points=100)
+        self.out = out
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.is_global_zero:
+            Path(self.out).write_text(json.dumps(self.history))
+
+
 def run_for_ddp(root: str, devices: int) -> None:
     """Score an unchanging model (lr=0) so 1- and 2-process runs see the same model state."""
     torch.manual_seed(0)
@@ -333,7 +345,7 @@ def run_for_ddp(root: str, devices: int) -> None:
         max_epochs=2,
         accelerator="cpu",
         devices=devices,
-        callbacks=[callback],
+        callbacks=[callback, RecordingFunctionalDimension(f"{root}/fdim_{devices}.json")],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -345,7 +357,8 @@ def run_for_ddp(root: str, devices: int) -> None:
 
 
 @pytest.mark.ddp
-def test_two_processes_give_the_single_process_scores(tmp_path: Path) -> None:
+def test_two_processes_give_the_single_process_results(tmp_path: Path) -> None:
+    """DifficultyScores and FunctionalDimension share one 2-process run (spawning is the slow part)."""
     run_for_ddp(str(tmp_path), 1)
     run_for_ddp(str(tmp_path), 2)
     single, double = read(tmp_path / "scores_1.nc"), read(tmp_path / "scores_2.nc")
@@ -360,3 +373,6 @@ def test_two_processes_give_the_single_process_scores(tmp_path: Path) -> None:
         )
     for name in ("accuracy", "prediction_depth", "forgetting", "first_learned"):
         np.testing.assert_array_equal(double[name].values, single[name].values, err_msg=name)
+    fdim_single = json.loads((tmp_path / "fdim_1.json").read_text())
+    fdim_double = json.loads((tmp_path / "fdim_2.json").read_text())
+    assert len(fdim_single) == 2 and fdim_double == fdim_single

@@ -1,3 +1,5 @@
 """Readers of real on-disk formats and generators of embedded data."""
 
-__all__: list[str] = []
+from lightning_climate.datasets.images import ImageClassificationDataset
+
+__all__ = ["ImageClassificationDataset"]

@@ -14,7 +14,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -47,8 +46,8 @@ _CHEAP = ("loss", "accuracy", "confidence", "margin", "el2n")
 
 _REQUIREMENTS = (
     "DifficultyScores needs batches that are mappings (dicts) holding the input under "
-    "`input_key`, integer class labels under `target_key` and each example's position in the "
-    "dataset under `index_key`, and a model whose forward (or the `forward` callable) maps the "
+    "`input_key`, integer class labels under `target_key` and a unique integer id of each example "
+    "(e.g. its position in the dataset) under `index_key`, and a model whose forward (or the `forward` callable) maps the "
     "input to (batch, classes) logits."
 )
 
@@ -70,7 +69,8 @@ class DifficultyScores(Callback):
     """Score every example of a split in eval mode during training and write the scores to a file.
 
     The module must provide: batches that are dicts with ``input_key``, ``target_key`` (class
-    labels) and ``index_key`` (position of the example in the dataset), and a forward pass
+    labels) and ``index_key`` (a unique integer id per example, e.g. its position in the dataset;
+    it becomes the file's ``index`` coordinate, sorted), and a forward pass
     ``pl_module(x) -> (B, C)`` logits (or pass ``forward``). The scored split is read again from
     ``trainer.datamodule.<split>_dataloader()`` (or the module's) without shuffling, with the same
     batch transfer hooks as training; under DDP each rank scores a
@@ -166,6 +166,7 @@ class DifficultyScores(Callback):
         self.transfer_hooks = transfer_hooks
         # state that travels with checkpoints
         self.scored: list[tuple[int, int]] = []  # (epoch, global_step) of every written record
+        self.index_values: Tensor | None = None  # sorted example indices of the scored split
         self.accuracy_trace: list[Tensor] = []
         self.vog = VoGAccumulator(0)
         self.last_summary: dict[str, float] = {}
@@ -222,6 +223,7 @@ class DifficultyScores(Callback):
         """Written records, the accuracy trace (forgetting) and the VoG accumulators."""
         return {
             "scored": list(self.scored),
+            "index_values": None if self.index_values is None else self.index_values.clone(),
             "accuracy_trace": [a.clone() for a in self.accuracy_trace],
             "vog": self.vog.state_dict(),
             "last_summary": dict(self.last_summary),
@@ -231,6 +233,8 @@ class DifficultyScores(Callback):
         """Restore :meth:`state_dict`; the file's records not listed in it are dropped on write."""
         self.scored = [tuple(s) for s in state_dict.get("scored", [])]  # type: ignore[misc]
         self.accuracy_trace = [a.clone() for a in state_dict.get("accuracy_trace", [])]
+        index_values = state_dict.get("index_values")
+        self.index_values = None if index_values is None else index_values.clone()
         if "vog" in state_dict:
             self.vog.load_state_dict(state_dict["vog"])
         self.last_summary = dict(state_dict.get("last_summary", {}))
@@ -382,19 +386,13 @@ class DifficultyScores(Callback):
         num_examples = len(self._probe_loader(trainer, pl_module).dataset)  # type: ignore[arg-type]
         names = sorted(cols)
         table = torch.stack([cols[n] for n in names], 1) if names else torch.zeros(len(index), 0)
+        # gather on every rank, then keep one copy of each example, sorted by index
         index_all = self._gather(trainer, pl_module, index)
-        table_all = self._gather(trainer, pl_module, table)
         keep = _first_occurrence(index_all)
-        index_all, table_all = index_all[keep], table_all[keep]
-        if len(index_all) and (index_all.min() < 0 or index_all.max() >= num_examples):
-            raise ValueError(
-                f"Batch key `{self.index_key}` must hold positions in the scored dataset "
-                f"(0 <= index < {num_examples}); got values in [{int(index_all.min())}, "
-                f"{int(index_all.max())}]."
-            )
-        full = torch.full((num_examples, len(names)), float("nan"), dtype=torch.float64)
-        full[index_all] = table_all.double()
-        results = {n: full[:, i] for i, n in enumerate(names)}
+        index_all = index_all[keep]
+        table_all = self._gather(trainer, pl_module, table)[keep]
+        self._check_index(index_all, num_examples)
+        results = {n: table_all[:, i].double() for i, n in enumerate(names)}
         record = {n: results[n] for n in OUTPUT_SCORES if n in self.scores}
         if "grand" in active:
             record["grand"] = results["grand"]
@@ -402,24 +400,20 @@ class DifficultyScores(Callback):
             if self.vog.num_examples != num_examples:
                 self.vog = VoGAccumulator(num_examples)
             grads_all = self._gather(trainer, pl_module, vog_grads)[keep]
-            self.vog.update(index_all, grads_all)
+            self.vog.update(torch.arange(num_examples), grads_all)
             record["vog"] = self.vog.compute()
         if "prediction_depth" in active:
-            probes = []
-            for layer_features in feats:
-                gathered = self._gather(trainer, pl_module, layer_features.flatten(1).double())[
-                    keep
-                ]
-                # probes are fit on the true labels; depth compares them with the prediction
-                labels = results["target"][index_all].long()
-                probe = torch.full((num_examples,), -1, dtype=torch.long)
-                k = min(self.knn_k, len(index_all) - 1)
-                probe[index_all] = knn_predict(gathered, labels, k)
-                probes.append(probe)
-            depth = prediction_depth(torch.stack(probes), results["prediction"].long()).double()
-            record["prediction_depth"] = torch.where(full[:, 0].isnan(), float("nan"), depth)
+            # probes are fit on the true labels; the depth compares them with the prediction
+            labels = results["target"].long()
+            k = min(self.knn_k, num_examples - 1)
+            probes = [
+                knn_predict(self._gather(trainer, pl_module, f.double())[keep], labels, k)
+                for f in feats
+            ]
+            depth = prediction_depth(torch.stack(probes), results["prediction"].long())
+            record["prediction_depth"] = depth.double()
         if any(n in self.scores for n in _FORGETTING):
-            self.accuracy_trace.append(results["accuracy"].nan_to_num(0).to(torch.uint8))
+            self.accuracy_trace.append(results["accuracy"].to(torch.uint8))
             stats = forgetting_statistics(torch.stack(self.accuracy_trace))
             for name in _FORGETTING:
                 if name in self.scores:
@@ -432,6 +426,22 @@ class DifficultyScores(Callback):
             }
             for logger in trainer.loggers:
                 logger.log_metrics(self.last_summary, step=trainer.global_step)
+
+    def _check_index(self, index: Tensor, num_examples: int) -> None:
+        """The gathered, de-duplicated indices must name every example once, the same each time."""
+        if len(index) != num_examples:
+            raise ValueError(
+                f"Batch key `{self.index_key}` must identify every example of the scored dataset: "
+                f"{num_examples} examples carried {len(index)} distinct values. Give each sample "
+                "its own index (its position in the dataset)."
+            )
+        if self.index_values is None:
+            self.index_values = index.clone()
+        elif not torch.equal(self.index_values, index):
+            raise ValueError(
+                f"The scored examples' `{self.index_key}` values changed between scoring points; "
+                "the scored split must be the same dataset throughout training."
+            )
 
     # ----------------------------------------------------------------- output
 
@@ -449,6 +459,10 @@ class DifficultyScores(Callback):
         }
         hparams = dict(pl_module.hparams) if pl_module.hparams else {}
         model = hparams.get("model")
+        # a model given by name (timm) is in the hparams; an injected module is named by its class
+        inner = getattr(pl_module, "model", None)
+        if not isinstance(model, str) and isinstance(inner, nn.Module):
+            model = type(inner).__name__
         attrs: dict[str, Any] = {
             "title": "Per-example difficulty scores",
             "source": f"lightning_climate {__version__} DifficultyScores",
@@ -476,13 +490,13 @@ class DifficultyScores(Callback):
         lazy_import("h5netcdf")
         path = self._resolved_path
         assert path is not None
-        num_examples = len(next(iter(record.values())))
+        assert self.index_values is not None
         new = xr.Dataset(
             {n: (("epoch", "index"), v.numpy()[None]) for n, v in record.items()},
             coords={
                 "epoch": [epoch],
                 "global_step": ("epoch", [trainer.global_step]),
-                "index": np.arange(num_examples),
+                "index": self.index_values.numpy(),
             },
         )
         history = self._history

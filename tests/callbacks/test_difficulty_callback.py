@@ -212,7 +212,7 @@ def test_missing_index_key_names_the_requirement(
     trainer_kwargs: dict[str, Any], tmp_path: Path
 ) -> None:
     callback = DifficultyScores(index_key="idx", path=str(tmp_path / "s.nc"))
-    with pytest.raises(KeyError, match=r"position in the dataset under `index_key`.*\['idx'\]"):
+    with pytest.raises(KeyError, match=r"unique integer id of each example.*\['idx'\]"):
         fit(trainer_kwargs, callback, epochs=1)
     trainer = Trainer(
         max_epochs=1, callbacks=[DifficultyScores(path=str(tmp_path / "t.nc"))], **trainer_kwargs
@@ -224,6 +224,48 @@ def test_missing_index_key_names_the_requirement(
 
     with pytest.raises(TypeError, match="batches that are mappings"):
         trainer.fit(TupleModel(), TupleBatches())
+
+
+class OffsetIds(DigitsSubset):
+    """Ids that are not positions (e.g. positions in a parent data set), or duplicated ones."""
+
+    def __init__(self, n: int, duplicate: bool = False) -> None:
+        super().__init__(n)
+        self.duplicate = duplicate
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        sample = super().__getitem__(i)
+        sample["index"] = torch.tensor(0 if self.duplicate and i < 2 else 1000 + 2 * i)
+        return sample
+
+
+class OffsetDigits(TinyDigits):
+    def __init__(self, duplicate: bool = False) -> None:
+        super().__init__(n=30, batch_size=8)
+        self.duplicate = duplicate
+
+    def train_dataloader(self) -> DataLoader[dict[str, Tensor]]:
+        return DataLoader(
+            OffsetIds(self.n, self.duplicate), batch_size=self.batch_size, shuffle=True
+        )
+
+
+def test_index_values_are_ids_not_positions(trainer_kwargs: dict[str, Any], tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    path = tmp_path / "s.nc"
+    trainer = Trainer(max_epochs=1, callbacks=[DifficultyScores(path=str(path))], **trainer_kwargs)
+    model = TinyClassifier()
+    trainer.fit(model, OffsetDigits())
+    ds = read(path)
+    assert ds["index"].values.tolist() == [1000 + 2 * i for i in range(30)]
+    data = DigitsSubset(30)
+    model.eval()
+    with torch.no_grad():
+        expected = output_scores(model(data.images), data.labels)["loss"]
+    np.testing.assert_allclose(ds["loss"].values[0], expected.numpy(), rtol=1e-5)
+    trainer = Trainer(max_epochs=1, callbacks=[DifficultyScores(path=str(path))], **trainer_kwargs)
+    with pytest.raises(ValueError, match="30 examples carried 29 distinct values"):
+        trainer.fit(TinyClassifier(), OffsetDigits(duplicate=True))
 
 
 def test_argument_validation() -> None:

@@ -290,6 +290,7 @@ def test_unknown_layer_is_refused(trainer_kwargs: dict[str, Any], tmp_path: Path
 def test_state_dict_round_trip() -> None:
     callback = DifficultyScores(scores=["accuracy", "forgetting", "vog"])
     callback.scored = [(0, 7), (1, 14)]
+    callback.index_values = torch.tensor([3, 5])
     callback.accuracy_trace = [
         torch.tensor([0, 1], dtype=torch.uint8),
         torch.tensor([1, 1], dtype=torch.uint8),
@@ -300,6 +301,7 @@ def test_state_dict_round_trip() -> None:
     other = DifficultyScores(scores=["accuracy", "forgetting", "vog"])
     other.load_state_dict(callback.state_dict())
     assert other.scored == [(0, 7), (1, 14)]
+    assert other.index_values is not None and other.index_values.tolist() == [3, 5]
     assert [a.tolist() for a in other.accuracy_trace] == [[0, 1], [1, 1]]
     torch.testing.assert_close(other.vog.compute(), torch.full((2,), 0.25, dtype=torch.float64))
 

@@ -87,7 +87,9 @@ class DifficultyScores(Callback):
             model before training. ``None`` scores every ``every_n_epochs``-th epoch.
         every_n_epochs: scoring period when ``epochs`` is ``None``; 0 disables epoch scoring.
         steps: global steps after which to score as well (recorded with the current epoch).
-        score_epochs: per-score epoch restriction, e.g. ``{"grand": [9, 19]}``.
+        score_epochs: per-score epochs, e.g. ``{"grand": [9, 19]}``: the score is computed at
+            these epochs only (and not at ``steps``); an epoch listed here is scored even if
+            ``epochs``/``every_n_epochs`` skip it (the one-pass scores are recorded with it).
         split: which datamodule split to score.
         input_key: batch key of the inputs.
         target_key: batch key of the class labels.

@@ -61,6 +61,7 @@ class FunctionalDimensionResult:
     bound: int
     num_parameters: int
     num_points: int
+    num_rows: int
     tolerance: float
     dead: int
     always_active: int
@@ -195,6 +196,7 @@ def functional_dimension(
     finally:
         model.train(was_training)
     num_params = sum(p.numel() for p in model.parameters())
+    num_rows = sum(len(b) for b in blocks)
     eps = torch.finfo(torch.float64).eps
     if method == "svd":
         sv = torch.linalg.svdvals(torch.cat(blocks))
@@ -214,6 +216,7 @@ def functional_dimension(
         bound=symmetry_bound(model),
         num_parameters=num_params,
         num_points=len(points),
+        num_rows=num_rows,
         tolerance=tol,
         dead=dead,
         always_active=active,

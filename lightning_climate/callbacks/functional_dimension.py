@@ -9,6 +9,7 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lightning_climate.analysis.functional_dimension import (
@@ -69,6 +70,7 @@ class FunctionalDimension(Callback):
         self.method = method
         self.seed = seed
         self.history: list[dict[str, float]] = []
+        self._warned = False
 
     def network(self, pl_module: LightningModule) -> nn.Module:
         """The ``nn.Sequential`` network whose functional dimension is measured."""
@@ -134,6 +136,13 @@ class FunctionalDimension(Callback):
         network = self.network(pl_module)
         points = self.points(network).to(_device(network))
         result = functional_dimension(network, points, method=self.method)
+        if result.num_rows < result.bound and not self._warned:
+            self._warned = True
+            rank_zero_warn(
+                f"FunctionalDimension: {len(points)} points give only {result.num_rows} Jacobian rows, fewer "
+                f"than the bound {result.bound}, so the rank is capped by the number of points; "
+                "increase `num_points` (or leave it None for 10 rows per parameter)."
+            )
         return {
             "fdim/rank": float(result.rank),
             "fdim/bound": float(result.bound),

@@ -67,6 +67,10 @@ def test_submodule_selection_and_errors() -> None:
     callback = FunctionalDimension(submodule="a", num_points=500, input_shape=[2])
     values = callback.measure(module)
     assert values["fdim/bound"] == 10.0 and values["fdim/rank"] <= 10.0
+    with pytest.warns(
+        UserWarning, match="5 points give only 5 Jacobian rows, fewer than the bound 10"
+    ):
+        FunctionalDimension(submodule="a", num_points=5, input_shape=[2]).measure(module)
     with pytest.raises(ValueError, match="num_points must be a positive integer"):
         FunctionalDimension(num_points=0)
     with pytest.raises(ValueError, match="every_n_epochs must be >= 1"):

@@ -145,6 +145,18 @@ def test_scores_of_final_model_match_direct_computation(
     assert model.training is False  # we set eval above; the callback must restore train mode itself
 
 
+def test_cached_batches_give_the_same_scores(
+    trainer_kwargs: dict[str, Any], tmp_path: Path
+) -> None:
+    fit(trainer_kwargs, DifficultyScores(path=str(tmp_path / "a.nc")), epochs=2)
+    cached = DifficultyScores(path=str(tmp_path / "b.nc"), cache_batches=True)
+    fit(trainer_kwargs, cached, epochs=2)
+    assert cached._cache is not None and sum(len(b["index"]) for b in cached._cache) == 101
+    a, b = read(tmp_path / "a.nc"), read(tmp_path / "b.nc")
+    for name in ("loss", "accuracy", "margin", "el2n"):
+        np.testing.assert_array_equal(a[name].values, b[name].values)
+
+
 class ModeSpy(DifficultyScores):
     """Asserts the model is back in train mode after every scoring pass."""
 

@@ -219,6 +219,9 @@ class DifficultyScores(Callback):
     ) -> None:
         """Score after the global steps listed in ``steps``."""
         step = trainer.global_step
+        # a step ending a scored epoch is left to on_train_epoch_end (same model, all its scores)
+        if trainer.is_last_batch and self._due(trainer.current_epoch):
+            return
         if step in self.steps and (trainer.current_epoch, step) not in self.scored:
             self._score_and_record(trainer, pl_module, trainer.current_epoch, by_step=True)
 

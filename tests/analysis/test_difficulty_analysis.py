@@ -231,3 +231,16 @@ def test_cli_writes_plots_and_tables(
     assert len(fp) == 1 + 240
     printed = capsys.readouterr().out
     assert "| loss | 6 |" in printed and "architecture accuracy" in printed
+
+
+def test_module_entry_point_help() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "lightning_climate.analysis.difficulty", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "--group-by" in out and "--permutations" in out

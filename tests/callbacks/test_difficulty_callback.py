@@ -184,7 +184,7 @@ def test_schedule_epochs_steps_and_per_score(
     callback = DifficultyScores(
         scores=["loss", "grand"],
         epochs=[-1, 1, 2],
-        steps=[3],
+        steps=[3, 21],  # 21 ends epoch 2, scored at its end anyway: no second record
         score_epochs={"grand": [2]},
         path=str(path),
     )

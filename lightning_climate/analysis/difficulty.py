@@ -50,6 +50,7 @@ __all__ = [
     "load_runs",
     "main",
     "markdown_table",
+    "min_attainable_p",
     "pca",
     "spearman",
     "variance_decomposition",
@@ -311,6 +312,22 @@ def fingerprint(
     return {"index": runs.index, "statistic": observed, "p_value": p, "q_value": _bh(p)}
 
 
+def min_attainable_p(groups: Sequence[str]) -> float:
+    """Smallest p-value the permutation test can reach with these runs (its resolution).
+
+    The statistic does not change when the runs of one group are reordered, nor when groups of
+    equal size swap labels, so only ``n! / prod(n_g!) / prod(m_k!)`` assignments are distinct
+    (``m_k`` groups share size ``k``); with exact enumeration the observed one has p = 1 / that.
+    """
+    sizes = [groups.count(g) for g in dict.fromkeys(groups)]
+    distinct = math.factorial(len(groups))
+    for size in sizes:
+        distinct //= math.factorial(size)
+    for size in set(sizes):
+        distinct //= math.factorial(sizes.count(size))
+    return 1.0 / distinct
+
+
 def _bh(p: np.ndarray) -> np.ndarray:
     """Benjamini-Hochberg adjusted p-values."""
     n = len(p)
@@ -406,7 +423,8 @@ def write_report(
         ax.bar(pos + (k - 1) * width, [float(r[key]) for r in rows], width, label=key)
     ax.set_xticks(pos, names, rotation=45, ha="right")
     ax.set_ylabel("Spearman correlation")
-    ax.legend()
+    ax.set_ylim(top=1.2)
+    ax.legend(loc="upper center", ncol=3)
     fig.tight_layout()
     _save(fig, out / "consistency.png")
 
@@ -475,6 +493,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     runs = load_runs(args.files, args.scores, args.group_by, args.epochs)
     rows = write_report(runs, args.out, args.permutations, args.seed, args.top_k, args.transform)
     print(markdown_table(rows), end="")
+    if len(set(runs.groups)) >= 2:
+        print(
+            f"fingerprint: smallest attainable permutation p with these runs = "
+            f"{min_attainable_p(runs.groups):.4g} (add runs per architecture to resolve less)"
+        )
     if len(set(runs.groups)) >= 2 and all(runs.groups.count(g) >= 2 for g in set(runs.groups)):
         accuracy = classify_architecture(runs, args.top_k, args.transform)
         print(

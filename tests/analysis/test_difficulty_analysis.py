@@ -19,6 +19,7 @@ from lightning_climate.analysis.difficulty import (
     fingerprint,
     load_runs,
     main,
+    min_attainable_p,
     pca,
     spearman,
     variance_decomposition,
@@ -111,6 +112,17 @@ def test_fingerprint_finds_planted_examples() -> None:
     assert classify_architecture(runs, top_k=10) == 1.0
     with pytest.raises(ValueError, match="at least two architectures"):
         fingerprint(ScoreRuns(runs.scores, ["a"] * 10, runs.seeds, runs.index))
+
+
+def test_min_attainable_p() -> None:
+    assert min_attainable_p(["a"] * 3 + ["b"] * 3) == pytest.approx(
+        0.1
+    )  # 20 splits / 2 label swaps
+    assert min_attainable_p(["a"] * 5 + ["b"] * 5) == pytest.approx(1 / 126)
+    assert min_attainable_p(["a"] * 2 + ["b"] * 3) == pytest.approx(1 / 10)
+    # the test reaches that floor on the planted examples
+    fp = fingerprint(synthetic_runs(), num_permutations=2000, seed=1)
+    assert fp["p_value"][:10].min() == pytest.approx(1 / 126, rel=0.35)
 
 
 def test_fingerprint_statistic_equals_scaled_mean_difference() -> None:
@@ -231,6 +243,7 @@ def test_cli_writes_plots_and_tables(
     assert len(fp) == 1 + 240
     printed = capsys.readouterr().out
     assert "| loss | 6 |" in printed and "architecture accuracy" in printed
+    assert "smallest attainable permutation p with these runs = 0.1 " in printed
 
 
 def test_module_entry_point_help() -> None:

@@ -170,12 +170,13 @@ class VoGAccumulator:
         self.m2: Tensor | None = None
 
     @staticmethod
-    def _reduce_channels(gradients: Tensor) -> Tensor:
+    def reduce_channels(gradients: Tensor) -> Tensor:
+        """Float64 gradients with the channel axis of ``(N, C, H, W)`` averaged away."""
         return gradients.double().mean(1) if gradients.ndim == 4 else gradients.double()
 
     def update(self, index: Tensor, gradients: Tensor) -> None:
         """Add one checkpoint's input gradients ``(n, ...)`` of the examples ``index`` ``(n,)``."""
-        g = self._reduce_channels(gradients.detach().cpu())
+        g = self.reduce_channels(gradients.detach().cpu())
         if self.mean is None or self.m2 is None:
             self.mean = torch.zeros(self.num_examples, *g.shape[1:], dtype=torch.float64)
             self.m2 = torch.zeros_like(self.mean)

@@ -374,7 +374,7 @@ class DifficultyScores(Callback):
                     columns.setdefault("grand", []).append(g.cpu())
                 if "vog" in active:
                     g = input_gradients(wrapper, x, y)
-                    vog_grads.append(VoGAccumulator._reduce_channels(g).cpu())
+                    vog_grads.append(VoGAccumulator.reduce_channels(g).cpu())
                 indices.append(idx.long().cpu())
         finally:
             for handle in handles:

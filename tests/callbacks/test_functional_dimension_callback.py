@@ -7,12 +7,49 @@ from typing import Any
 
 import pytest
 import torch
-from lightning.pytorch import LightningModule, Trainer
-from test_difficulty_callback import TinyClassifier, TinyDigits
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
 
 from lightning_climate.analysis.functional_dimension import functional_dimension
 from lightning_climate.callbacks import FunctionalDimension
+
+
+class RandomImages(Dataset[dict[str, Tensor]]):
+    """Gaussian 8x8 "images" with random labels: the functional dimension ignores the data."""
+
+    def __init__(self, n: int = 64) -> None:
+        gen = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 1, 8, 8, generator=gen)
+        self.y = torch.randint(0, 10, (n,), generator=gen)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return {"image": self.x[i], "label": self.y[i], "index": torch.tensor(i)}
+
+
+class TinyDigits(LightningDataModule):
+    def train_dataloader(self) -> DataLoader[dict[str, Tensor]]:
+        return DataLoader(RandomImages(), batch_size=16)
+
+
+class TinyClassifier(LightningModule):
+    def __init__(self, hidden: int = 8) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return nn.functional.cross_entropy(self(batch["image"]), batch["label"])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
 def test_logged_values_match_the_analysis(trainer_kwargs: dict[str, Any]) -> None:

@@ -1,6 +1,15 @@
 """LightningDataModules, one file per data set."""
 
 from lightning_climate.datamodules.base import BaseDataModule
+from lightning_climate.datamodules.cifar import CIFARDataModule
 from lightning_climate.datamodules.digits import DigitsDataModule
+from lightning_climate.datamodules.era5 import ERA5DataModule
+from lightning_climate.datamodules.navier_stokes import NavierStokesDataModule
 
-__all__ = ["BaseDataModule", "DigitsDataModule"]
+__all__ = [
+    "BaseDataModule",
+    "CIFARDataModule",
+    "DigitsDataModule",
+    "ERA5DataModule",
+    "NavierStokesDataModule",
+]

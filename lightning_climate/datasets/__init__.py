@@ -1,5 +1,25 @@
 """Readers of real on-disk formats and generators of embedded data."""
 
+from lightning_climate.datasets.era5 import ERA5Dataset, FieldNormalizer, generate_era5
 from lightning_climate.datasets.images import ImageClassificationDataset
+from lightning_climate.datasets.navier_stokes import (
+    NavierStokesTrajectories,
+    gaussian_random_field,
+    generate_navier_stokes,
+    li_forcing,
+    solve_vorticity,
+    trajectory_generator,
+)
 
-__all__ = ["ImageClassificationDataset"]
+__all__ = [
+    "ERA5Dataset",
+    "FieldNormalizer",
+    "ImageClassificationDataset",
+    "NavierStokesTrajectories",
+    "gaussian_random_field",
+    "generate_era5",
+    "generate_navier_stokes",
+    "li_forcing",
+    "solve_vorticity",
+    "trajectory_generator",
+]

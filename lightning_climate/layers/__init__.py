@@ -1,3 +1,24 @@
 """Neural network layers, such as physical constraint layers."""
 
-__all__: list[str] = []
+from lightning_climate.layers.constrained import ConstrainedModel
+from lightning_climate.layers.constraints import (
+    AdditiveConstraint,
+    MultiplicativeConstraint,
+    ScaledAdditiveConstraint,
+    SoftmaxConstraint,
+    build_constraint,
+)
+from lightning_climate.layers.normalization import MinMaxNormalizer
+from lightning_climate.layers.ordering import MinMeanMaxConstraint, OrderingConstraint
+
+__all__ = [
+    "AdditiveConstraint",
+    "ConstrainedModel",
+    "MinMaxNormalizer",
+    "MinMeanMaxConstraint",
+    "MultiplicativeConstraint",
+    "OrderingConstraint",
+    "ScaledAdditiveConstraint",
+    "SoftmaxConstraint",
+    "build_constraint",
+]

@@ -193,7 +193,10 @@ class SAM(Optimizer):
 
     def _trainer(self) -> Any:
         """The Lightning trainer of the bound module, if any."""
-        return getattr(self._module, "_trainer", None)
+        try:
+            return getattr(self._module, "trainer", None)
+        except RuntimeError:  # a LightningModule that is not attached to a Trainer
+            return None
 
     @contextlib.contextmanager
     def _first_pass(self, perturbed: list[tuple[Tensor, dict[str, Any]]]) -> Iterator[None]:

@@ -1,0 +1,224 @@
+"""Navier–Stokes vorticity downscaling: low-resolution block means to high-resolution fields."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from lightning_climate.datamodules.base import BaseDataModule
+from lightning_climate.datasets.downscaling import BlockMeanPairs, block_mean
+from lightning_climate.datasets.navier_stokes import (
+    NavierStokesTrajectories,
+    generate_navier_stokes,
+)
+
+__all__ = ["NavierStokesDataModule"]
+
+
+class NavierStokesDataModule(BaseDataModule):
+    """Pairs of low- and high-resolution 2-D vorticity snapshots for downscaling.
+
+    Every recorded snapshot of every trajectory is a sample ``{"lr": (1, r/f, r/f), "hr": (1, r, r),
+    "index": i}`` with ``r = resolution`` and ``f = factor``, where ``index = trajectory * steps + step``
+    and every coarser grid is a block mean of the stored field, so the block mean of ``hr`` is
+    exactly ``lr``. Trajectories, not snapshots, are split between train, validation and test
+    (snapshots of one flow are strongly correlated), with a fixed seed on every rank.
+
+    The test split is evaluated at every factor of ``test_factors`` from the same low-resolution
+    input, e.g. ``(1, 2, 4)`` for the 1×, learned 2× and zero-shot 4× protocol of DFNO; the test
+    sets are named ``x1``, ``x2``, ``x4``.
+
+    Data: with ``path=None`` the module generates, in ``prepare_data``, a set with the pseudo-spectral
+    solver of :mod:`lightning_climate.datasets.navier_stokes` into ``data_dir`` (once; later runs
+    reuse the file). ``path`` may instead name an existing HDF5 file of that generator or a
+    published FNO ``.mat`` file (``NavierStokes_V1e-3_N5000_T50.mat`` and friends).
+
+    Args:
+        data_dir: folder of generated files.
+        path: an existing data file to read instead of generating one.
+        resolution: grid of the training targets ``hr``.
+        factor: training downscaling factor; the input grid is ``resolution // factor``.
+        test_factors: factors of the test sets, all from the same input grid.
+        num_trajectories: trajectories to generate.
+        file_resolution: grid of the generated file (``resolution`` and each test grid must divide it).
+        viscosity: kinematic viscosity of the generated flows.
+        t_final: simulated time of each trajectory.
+        record_steps: snapshots recorded per trajectory (every ``t_final / record_steps``).
+        dt: solver time step.
+        data_seed: seed of the generated initial conditions.
+        val_fraction: fraction of trajectories for validation.
+        test_fraction: fraction of trajectories for testing.
+        batch_size: samples per batch.
+        num_workers: DataLoader workers.
+        seed: seed of the trajectory split.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str] = "data/navier_stokes",
+        path: str | os.PathLike[str] | None = None,
+        resolution: int = 32,
+        factor: int = 2,
+        test_factors: Sequence[int] = (1, 2, 4),
+        num_trajectories: int = 100,
+        file_resolution: int = 64,
+        viscosity: float = 1e-3,
+        t_final: float = 10.0,
+        record_steps: int = 10,
+        dt: float = 1e-3,
+        data_seed: int = 0,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
+        if factor < 1 or resolution % factor:
+            raise ValueError(
+                f"factor={factor} must be a positive integer dividing resolution={resolution}; "
+                f"choose e.g. resolution={resolution - resolution % max(factor, 1) or factor}."
+            )
+        if any(int(f) != f or f < 1 for f in test_factors):
+            raise ValueError(f"test_factors must be positive integers, got {list(test_factors)}.")
+        if (
+            not 0 <= val_fraction < 1
+            or not 0 <= test_fraction < 1
+            or val_fraction + test_fraction >= 1
+        ):
+            raise ValueError(
+                "val_fraction and test_fraction must be in [0, 1) and sum to less than 1, got "
+                f"{val_fraction} and {test_fraction}."
+            )
+        self.data_dir = Path(data_dir)
+        self.path = Path(path) if path is not None else None
+        self.resolution = resolution
+        self.factor = factor
+        self.lr_resolution = resolution // factor
+        self.test_factors = [int(f) for f in test_factors]
+        self.num_trajectories = num_trajectories
+        self.file_resolution = file_resolution
+        self.viscosity = viscosity
+        self.t_final = t_final
+        self.record_steps = record_steps
+        self.dt = dt
+        self.data_seed = data_seed
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self._trajectories: NavierStokesTrajectories | None = None
+        self._statistics: dict[str, torch.Tensor] | None = None
+
+    @property
+    def file_path(self) -> Path:
+        """The data file: ``path`` if given, else a generated file named after its parameters."""
+        if self.path is not None:
+            return self.path
+        name = (
+            f"ns_res{self.file_resolution}_nu{self.viscosity:g}_T{self.t_final:g}"
+            f"_steps{self.record_steps}_dt{self.dt:g}_n{self.num_trajectories}_seed{self.data_seed}.h5"
+        )
+        return self.data_dir / name
+
+    def prepare_data(self) -> None:
+        """Generate the data file unless it exists (or was given by ``path``)."""
+        if self.path is not None:
+            if not self.path.exists():
+                raise FileNotFoundError(
+                    f"Navier–Stokes file {self.path} does not exist; fix `path`, or set path=None "
+                    f"to generate a data set into data_dir={str(self.data_dir)!r}."
+                )
+            return
+        if self.file_path.exists():
+            rank_zero_info(f"Navier–Stokes data: reusing {self.file_path}")
+            return
+        rank_zero_info(f"Navier–Stokes data: generating {self.file_path}")
+        generate_navier_stokes(
+            self.file_path,
+            num_trajectories=self.num_trajectories,
+            resolution=self.file_resolution,
+            viscosity=self.viscosity,
+            t_final=self.t_final,
+            record_steps=self.record_steps,
+            dt=self.dt,
+            seed=self.data_seed,
+        )
+
+    def _check_grids(self, trajectories: NavierStokesTrajectories) -> None:
+        grid = trajectories.resolution
+        grids = {"resolution": self.resolution}
+        grids.update({f"test factor {f}": self.lr_resolution * f for f in self.test_factors})
+        for what, size in grids.items():
+            if grid % size:
+                raise ValueError(
+                    f"{trajectories.path} holds {grid}x{grid} fields, which cannot be block-averaged "
+                    f"to the {size}x{size} grid of the {what}; choose grids that divide {grid}."
+                )
+
+    def _split(self, num: int) -> dict[str, list[int]]:
+        order = torch.randperm(num, generator=torch.Generator().manual_seed(self.seed)).tolist()
+        n_val = round(self.val_fraction * num)
+        n_test = round(self.test_fraction * num)
+        if (
+            num - n_val - n_test < 1
+            or (self.val_fraction and not n_val)
+            or (self.test_fraction and not n_test)
+        ):
+            raise ValueError(
+                f"{num} trajectories are too few for val_fraction={self.val_fraction} and "
+                f"test_fraction={self.test_fraction}; generate more (num_trajectories) or change them."
+            )
+        return {
+            "test": sorted(order[:n_test]),
+            "val": sorted(order[n_test : n_test + n_val]),
+            "train": sorted(order[n_test + n_val :]),
+        }
+
+    def setup(self, stage: str) -> None:
+        """Open the file, split trajectories and build the per-split datasets."""
+        if not self.file_path.exists():
+            raise FileNotFoundError(
+                f"Navier–Stokes file {self.file_path} does not exist; call prepare_data() first "
+                "(the Trainer does this), or pass `path` to an existing file."
+            )
+        trajectories = NavierStokesTrajectories(self.file_path)
+        self._check_grids(trajectories)
+        self._trajectories = trajectories
+        steps = trajectories.num_steps
+        splits = self._split(trajectories.num_trajectories)
+        samples = {k: [t * steps + s for t in v for s in range(steps)] for k, v in splits.items()}
+        grid = trajectories.resolution
+
+        def pairs(split: str, hr_grid: int, lr_factor: int) -> BlockMeanPairs:
+            return BlockMeanPairs(self._snapshot, samples[split], grid // hr_grid, lr_factor)
+
+        self.train_dataset = pairs("train", self.resolution, self.factor)
+        self.val_dataset = pairs("val", self.resolution, self.factor)
+        self.test_dataset = {
+            f"x{f}": pairs("test", self.lr_resolution * f, f) for f in self.test_factors
+        }
+        self.predict_dataset = self.test_dataset
+        self._train_indices = samples["train"]
+
+    def _snapshot(self, index: int) -> torch.Tensor:
+        assert self._trajectories is not None
+        steps = self._trajectories.num_steps
+        return self._trajectories[index // steps][index % steps].unsqueeze(0)
+
+    def train_statistics(self) -> dict[str, torch.Tensor]:
+        """Per-channel ``min`` and ``max`` of the training targets (at ``resolution``)."""
+        if self._statistics is None:
+            if self._trajectories is None:
+                self.setup("fit")
+            assert self._trajectories is not None
+            steps = self._trajectories.num_steps
+            hr_factor = self._trajectories.resolution // self.resolution
+            lo, hi = float("inf"), float("-inf")
+            for t in sorted({i // steps for i in self._train_indices}):
+                hr = block_mean(self._trajectories[t], hr_factor)
+                lo, hi = min(lo, hr.min().item()), max(hi, hr.max().item())
+            self._statistics = {"min": torch.tensor([lo]), "max": torch.tensor([hi])}
+        return self._statistics

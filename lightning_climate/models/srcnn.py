@@ -1,0 +1,76 @@
+"""Residual super-resolution CNN at a fixed factor (the SR-CNN of Harder et al., 2023)."""
+
+from __future__ import annotations
+
+import math
+
+from torch import Tensor, nn
+
+from lightning_climate.models.blocks import ResidualBlock
+from lightning_climate.models.interpolation import InterpolationMode, resize, target_size
+
+__all__ = ["SRCNN"]
+
+
+class SRCNN(nn.Module):
+    """Convolutional super-resolution network trained at one factor.
+
+    ``conv3x3 + ReLU`` at the input grid, then transposed convolutions (×2 each, or one ×3) that
+    upsample early, ``conv3x3 + ReLU``, residual blocks, ``conv3x3 + ReLU`` and a 1×1 projection.
+
+    Called with another factor than its own (for the 1× and zero-shot 4× columns of the DFNO
+    comparison), it upsamples by its own factor and resamples the result to the requested grid with
+    ``off_factor_interpolation``: the "bicubic-adjusted" protocol of Yang et al.
+
+    Args:
+        in_channels: channels of the input.
+        out_channels: channels of the output (defaults to ``in_channels``).
+        factor: the upsampling factor, a power of two or 3.
+        hidden_channels: feature channels.
+        num_residual_blocks: residual blocks after upsampling.
+        off_factor_interpolation: resampling used when called with another factor.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int | None = None,
+        factor: int = 2,
+        hidden_channels: int = 32,
+        num_residual_blocks: int = 4,
+        off_factor_interpolation: InterpolationMode = "bicubic",
+    ) -> None:
+        super().__init__()
+        out_channels = in_channels if out_channels is None else out_channels
+        if factor == 3:
+            ups = [nn.ConvTranspose2d(hidden_channels, hidden_channels, 3, stride=3)]
+        elif factor >= 1 and 2 ** round(math.log2(factor)) == factor:
+            ups = [
+                nn.ConvTranspose2d(hidden_channels, hidden_channels, 2, stride=2)
+                for _ in range(round(math.log2(factor)))
+            ]
+        else:
+            raise ValueError(f"SRCNN supports factors 1, 2, 4, 8, ... and 3, got factor={factor}.")
+        self.factor = factor
+        self.off_factor_interpolation = off_factor_interpolation
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, hidden_channels, 3, padding=1),
+            nn.ReLU(inplace=True),
+            *ups,
+            nn.Conv2d(hidden_channels, hidden_channels, 3, padding=1),
+            nn.ReLU(inplace=True),
+            *[
+                ResidualBlock(hidden_channels, activate_output=True)
+                for _ in range(num_residual_blocks)
+            ],
+            nn.Conv2d(hidden_channels, hidden_channels, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden_channels, out_channels, 1),
+        )
+
+    def forward(self, x: Tensor, factor: float | None = None) -> Tensor:
+        """Upsample ``x`` (B, C, h, w) by the model's factor, then resample to ``factor`` if it differs."""
+        y = self.body(x)
+        if factor is None or factor == self.factor:
+            return y
+        return resize(y, target_size(tuple(x.shape[-2:]), factor), self.off_factor_interpolation)

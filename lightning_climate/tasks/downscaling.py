@@ -1,0 +1,182 @@
+"""Downscaling (super-resolution) of gridded fields as a LightningModule."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
+
+from lightning_climate.layers.constrained import ConstrainedModel
+from lightning_climate.layers.constraints import ConstraintName
+from lightning_climate.layers.normalization import MinMaxNormalizer
+from lightning_climate.metrics.relative_l2 import RelativeL2Error, relative_l2_error
+from lightning_climate.tasks.base import BaseTask
+
+__all__ = ["DownscalingTask"]
+
+Loss = Literal["mse", "l1", "relative_l2"]
+
+
+class DownscalingTask(BaseTask):
+    """Learn a map from low-resolution fields ``lr`` to high-resolution fields ``hr``.
+
+    Batches are dicts with ``lr`` (B, C, h, w), ``hr`` (B, C, H, W) and ``index`` (B,). The factor
+    of each batch is ``H / h``, and the model is called as ``model(lr, factor)``, so a model such as
+    :class:`~lightning_climate.models.DFNO` is trained at one factor and tested at others.
+
+    Fields are normalised inside the task with a per-channel min–max map taken from the
+    datamodule's training statistics (``datamodule.train_statistics()`` returning ``min`` and
+    ``max``) and stored in buffers, so a checkpoint carries them. The same map is applied to ``lr``
+    and ``hr``, which keeps block means intact. The loss is computed in normalised units; metrics
+    (MSE, MAE, relative L2) in physical units.
+
+    Metrics are logged as ``{stage}_{name}`` for training and validation, and as
+    ``test_{loader}_{name}`` for each named test set of the datamodule (for example
+    ``test_x4_MSE`` for the zero-shot 4× set).
+
+    Args:
+        model: a module called as ``model(lr, factor)``; YAML gives it as ``class_path``/``init_args``.
+        in_channels: channels of the fields (size of the normalisation buffers).
+        loss: ``"mse"``, ``"l1"`` or ``"relative_l2"`` (per-sample, as in DFNO), in normalised units.
+        constraint: hard conservation layer put after ``model`` (``"none"``, ``"add"``, ``"mult"``,
+            ``"softmax"``, ``"scadd"``; see :class:`~lightning_climate.layers.ConstrainedModel`). It
+            acts in normalised units against the normalised input, at the factor of each call.
+            ``"softmax"`` accepts inputs below the training minimum (they give negative blocks)
+            rather than failing on test data outside the training range.
+        predict_factor: factor used by ``predict`` for batches that carry no ``hr`` grid.
+        optimizer: optimizer callable, see :class:`~lightning_climate.tasks.BaseTask`.
+        lr_scheduler: optional scheduler callable.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        in_channels: int = 1,
+        loss: Loss = "mse",
+        constraint: ConstraintName = "none",
+        predict_factor: float = 2.0,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler)
+        if loss not in ("mse", "l1", "relative_l2"):
+            raise ValueError(f"loss must be one of 'mse', 'l1', 'relative_l2', got {loss!r}.")
+        self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler"])
+        if constraint != "none":
+            if isinstance(model, ConstrainedModel) and model.constraint is not None:
+                raise ValueError(
+                    f"the model already ends in the {model.constraint_name!r} constraint; set "
+                    "DownscalingTask(constraint='none') or remove the ConstrainedModel wrapper."
+                )
+            model = ConstrainedModel(model, constraint, allow_negative=constraint == "softmax")
+        self.model = model
+        self.loss_name = loss
+        self.normalizer = MinMaxNormalizer(in_channels)
+        metrics = MetricCollection(
+            {"MSE": MeanSquaredError(), "MAE": MeanAbsoluteError(), "RelativeL2": RelativeL2Error()}
+        )
+        self.train_metrics = metrics.clone(prefix="train_")
+        self.val_metrics = metrics.clone(prefix="val_")
+        self._metrics_template = metrics
+        self.test_metrics = nn.ModuleDict()
+
+    def setup(self, stage: str) -> None:
+        """Take the normalisation statistics from the datamodule when fitting."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        if stage == "fit" and datamodule is not None and hasattr(datamodule, "train_statistics"):
+            stats = datamodule.train_statistics()
+            self.normalizer.set_statistics(stats["min"], stats["max"])
+            rank_zero_info(
+                f"DownscalingTask: min-max normalisation from the training split: "
+                f"min={stats['min'].tolist()}, max={stats['max'].tolist()}"
+            )
+
+    def forward(self, lr: Tensor, factor: float) -> Tensor:
+        """Downscale physical ``lr`` (B, C, h, w) by ``factor``; returns physical units."""
+        return self.normalizer.inverse(self.model(self.normalizer(lr), factor))
+
+    def _loss(self, pred: Tensor, target: Tensor) -> Tensor:
+        if self.loss_name == "mse":
+            return F.mse_loss(pred, target)
+        if self.loss_name == "l1":
+            return F.l1_loss(pred, target)
+        return relative_l2_error(pred, target)
+
+    def _shared_step(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        lr, hr = batch["lr"], batch["hr"]
+        pred_norm = self.model(self.normalizer(lr), _factor(lr, hr))
+        if pred_norm.shape != hr.shape:
+            raise RuntimeError(
+                f"the model returned shape {tuple(pred_norm.shape)} for a target of shape "
+                f"{tuple(hr.shape)}; it must be called as model(lr, factor) and return the target grid."
+            )
+        loss = self._loss(pred_norm, self.normalizer(hr))
+        return loss, self.normalizer.inverse(pred_norm), hr
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """Fit one batch; log the loss and the training metrics."""
+        loss, pred, hr = self._shared_step(batch)
+        batch_size = hr.shape[0]
+        self.log("train_loss", loss, batch_size=batch_size, prog_bar=True)
+        self.train_metrics(pred.detach(), hr)
+        self.log_dict(self.train_metrics, batch_size=batch_size)
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        """Evaluate one validation batch."""
+        loss, pred, hr = self._shared_step(batch)
+        batch_size = hr.shape[0]
+        self.log("val_loss", loss, batch_size=batch_size, prog_bar=True)
+        self.val_metrics(pred, hr)
+        self.log_dict(self.val_metrics, batch_size=batch_size)
+
+    def _test_names(self) -> list[str]:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "dataloader_names"):
+            return list(datamodule.dataloader_names("test"))
+        loaders = self.trainer.test_dataloaders
+        count = len(loaders) if isinstance(loaders, list | tuple) else 1
+        return [f"dl{i}" for i in range(count)]
+
+    def on_test_start(self) -> None:
+        """Create one metric collection per named test set."""
+        self.test_metrics = nn.ModuleDict(
+            {
+                name: self._metrics_template.clone(prefix=f"test_{name}_")
+                for name in self._test_names()
+            }
+        ).to(self.device)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Evaluate one batch of the test set ``dataloader_idx`` and log under its name."""
+        loss, pred, hr = self._shared_step(batch)
+        name = list(self.test_metrics)[dataloader_idx]
+        metrics = self.test_metrics[name]
+        batch_size = hr.shape[0]
+        self.log(f"test_{name}_loss", loss, batch_size=batch_size, add_dataloader_idx=False)
+        metrics(pred, hr)
+        self.log_dict(metrics, batch_size=batch_size, add_dataloader_idx=False)
+
+    def predict_step(
+        self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> Any:
+        """Downscale ``lr`` to the grid of ``hr`` if the batch has one, else by ``predict_factor``."""
+        lr = batch["lr"]
+        factor = _factor(lr, batch["hr"]) if "hr" in batch else self.hparams["predict_factor"]
+        return self(lr, factor)
+
+
+def _factor(lr: Tensor, hr: Tensor) -> float:
+    """The downscaling factor between two grids, an ``int`` when it is whole."""
+    fh, fw = hr.shape[-2] / lr.shape[-2], hr.shape[-1] / lr.shape[-1]
+    if fh != fw:
+        raise ValueError(
+            f"lr {tuple(lr.shape[-2:])} and hr {tuple(hr.shape[-2:])} grids differ by different "
+            f"factors along the two axes ({fh:g} and {fw:g}); use one factor for both axes."
+        )
+    return int(fh) if fh.is_integer() else fh

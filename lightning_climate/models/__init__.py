@@ -1,3 +1,5 @@
 """Model architectures (plain torch.nn.Modules)."""
 
-__all__: list[str] = []
+from lightning_climate.models.cdsd import CDSD
+
+__all__ = ["CDSD"]

@@ -84,11 +84,11 @@ class CausalSyntheticDataModule(BaseDataModule):
     def __init__(
         self,
         root: str | os.PathLike[str] = "data/causal_synthetic",
-        num_latents: int = 4,
+        num_latents: int = 6,
         num_lags: int = 1,
         height: int = 8,
         width: int = 8,
-        num_timesteps: int = 2000,
+        num_timesteps: int = 1000,
         edge_density: float = 0.3,
         noise_std: float = 0.2,
         data_seed: int = 0,
@@ -96,7 +96,7 @@ class CausalSyntheticDataModule(BaseDataModule):
         block_length: int = 200,
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
-        batch_size: int = 64,
+        batch_size: int = 16,
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:

@@ -67,11 +67,11 @@ def _stable_coefficients(graph: Any, rng: np.random.Generator, max_radius: float
 
 def generate_causal_synthetic(
     path: str | os.PathLike[str],
-    num_latents: int = 4,
+    num_latents: int = 6,
     num_lags: int = 1,
     height: int = 8,
     width: int = 8,
-    num_timesteps: int = 2000,
+    num_timesteps: int = 1000,
     edge_density: float = 0.3,
     noise_std: float = 0.2,
     seed: int = 0,

@@ -197,7 +197,7 @@ class CausalDiscoveryTask(BaseTask):
         batch_size = x.shape[0]
         target = x[:, self.model.num_lags :]
         metrics = getattr(self, f"{stage}_metrics")
-        metrics(out.prediction_mean.detach(), target)
+        metrics(out.prediction_mean.detach().flatten(), target.flatten())
         self.log(f"{stage}_loss", loss.detach(), batch_size=batch_size, sync_dist=stage != "train")
         self.log(f"{stage}_kl", out.kl.detach(), batch_size=batch_size, sync_dist=stage != "train")
         self.log_dict(metrics, batch_size=batch_size)

@@ -80,7 +80,9 @@ def test_encode_decode_use_the_mixing_per_variable() -> None:
 @pytest.mark.parametrize("hidden", [0, 8])
 def test_transition_only_sees_parents_in_the_graph(hidden: int) -> None:
     torch.manual_seed(0)
-    model = CDSD(num_variables=1, num_locations=8, num_latents=3, num_lags=2, transition_hidden=hidden)
+    model = CDSD(
+        num_variables=1, num_locations=8, num_latents=3, num_lags=2, transition_hidden=hidden
+    )
     past = torch.randn(4, 2, 3, requires_grad=True)
     graph = torch.zeros(4, 2, 3, 3)
     graph[:, 1, 0, 2] = 1.0  # latent 0 at lag 2 causes latent 2

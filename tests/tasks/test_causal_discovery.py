@@ -1,0 +1,239 @@
+"""Tests of CausalDiscoveryTask: graph recovery, W >= 0, the augmented Lagrangian and checkpoints."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lightning_climate.datamodules import CausalSyntheticDataModule
+from lightning_climate.main import main
+from lightning_climate.metrics.graph import edge_counts, match_latents, permute_graph
+from lightning_climate.tasks import CausalDiscoveryTask
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+
+
+class _AssertNonNegative(Callback):
+    """Checks W >= 0 after every training batch (i.e. after every optimizer step)."""
+
+    def __init__(self) -> None:
+        self.checked = 0
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        assert pl_module.model.mixing.min() >= 0
+        self.checked += 1
+
+
+def _random_graph_scores(true: torch.Tensor, edges: int, draws: int = 2000) -> tuple[float, float]:
+    """Mean SHD and F1 of uniformly random graphs with ``edges`` edges."""
+    gen = torch.Generator().manual_seed(0)
+    shd, f1 = 0.0, 0.0
+    for _ in range(draws):
+        graph = torch.zeros(true.numel(), dtype=torch.bool)
+        graph[torch.randperm(true.numel(), generator=gen)[:edges]] = True
+        tp, fp, fn, _ = edge_counts(graph.view_as(true), true).tolist()
+        shd += (fp + fn) / draws
+        f1 += 2 * tp / max(2 * tp + fp + fn, 1) / draws
+    return shd, f1
+
+
+def test_learned_graph_beats_random_graphs_and_constraints_hold(
+    tmp_path: Path, trainer_kwargs: dict[str, Any]
+) -> None:
+    seed_everything(0)
+    dm = CausalSyntheticDataModule(
+        root=tmp_path / "data", num_latents=6, num_timesteps=1000, batch_size=16
+    )
+    task = CausalDiscoveryTask(
+        num_locations=64,
+        num_latents=6,
+        alm_window=1,
+        optimizer=functools.partial(torch.optim.Adam, lr=1e-2),
+    )
+    check = _AssertNonNegative()
+    trainer = Trainer(
+        max_epochs=20, callbacks=[check], enable_checkpointing=False, **trainer_kwargs
+    )
+    trainer.fit(task, dm)
+
+    assert check.checked == trainer.global_step == 1000
+    assert task.model.mixing.min() == 0.0  # exact zeros from the projection, never negative
+    # The augmented Lagrangian drove ||WᵀW - I||_F to its tolerance.
+    assert bool(task.alm_converged) and task.alm_updates > 0
+    assert task.orthogonality_residual_norm() <= 1.5 * task.ortho_tolerance
+
+    perm = match_latents(task.model.mixing, dm.ground_truth_mixing)
+    learned = permute_graph(task.learned_graph(), perm)
+    true = dm.ground_truth_graph
+    tp, fp, fn, _ = edge_counts(learned, true).tolist()
+    shd, f1 = fp + fn, 2 * tp / (2 * tp + fp + fn)
+    random_shd, random_f1 = _random_graph_scores(true, int(learned.sum()))
+    print(
+        f"CDSD synthetic: SHD {shd} F1 {f1:.3f}; random same density SHD {random_shd:.2f} F1 {random_f1:.3f}"
+    )
+    assert f1 >= random_f1 + 0.3
+    assert shd <= random_shd - 4
+    # The task logs the same scores against the datamodule's ground truth.
+    assert float(trainer.callback_metrics["val_SHD"]) == shd
+    assert float(trainer.callback_metrics["val_F1"]) == pytest.approx(f1)
+
+
+def test_lagrangian_update_rule() -> None:
+    task = CausalDiscoveryTask(
+        num_locations=6,
+        num_latents=3,
+        alm_window=2,
+        alm_rtol=0.01,
+        ortho_mu_init=2.0,
+        ortho_mu_mult=3.0,
+        ortho_omega=0.5,
+    )
+    h = task.model.orthogonality_residual().detach()
+    task.update_lagrangian(torch.tensor(10.0))  # first loss: nothing to compare yet
+    assert task.alm_updates == 0
+    task.update_lagrangian(torch.tensor(9.0))  # improved by 10 %: still solving the sub-problem
+    assert task.alm_updates == 0 and task.alm_gamma.abs().max() == 0
+    task.update_lagrangian(torch.tensor(8.99))  # stationary: gamma += mu h, mu kept (first update)
+    assert task.alm_updates == 1 and float(task.alm_mu) == 2.0
+    torch.testing.assert_close(task.alm_gamma, 2.0 * h)
+    assert float(task.alm_last_residual) == pytest.approx(float(h.norm()))
+    task.update_lagrangian(torch.tensor(8.99))
+    task.update_lagrangian(torch.tensor(8.99))  # residual did not halve: mu *= 3
+    assert task.alm_updates == 2 and float(task.alm_mu) == 6.0
+    torch.testing.assert_close(task.alm_gamma, 4.0 * h)
+
+    partition = torch.zeros(1, 6, 3)
+    partition[0, torch.arange(6), torch.arange(6) % 3] = 2**-0.5
+    with torch.no_grad():
+        task.model.mixing.copy_(partition)
+    task.update_lagrangian(torch.tensor(8.0))
+    assert bool(task.alm_converged)
+    task.update_lagrangian(torch.tensor(8.0))
+    task.update_lagrangian(torch.tensor(8.0))
+    assert task.alm_updates == 2 and float(task.alm_mu) == 6.0
+
+
+def test_batch_layouts_give_the_same_loss_and_bad_batches_name_the_fix() -> None:
+    torch.manual_seed(0)
+    task = CausalDiscoveryTask(num_locations=12, num_variables=2, num_latents=3, num_lags=2)
+    task.eval()
+    x = torch.randn(4, 3, 2, 3, 4)
+    with torch.no_grad():
+        grid = task.model(task._windows({"x": x})).reconstruction
+        flat = task.model(task._windows({"x": x.flatten(3)})).reconstruction
+    assert grid == flat
+    single = CausalDiscoveryTask(num_locations=12, num_latents=3, input_key="y")
+    assert single._windows({"y": torch.randn(4, 3, 12)}).shape == (4, 3, 1, 12)
+    with pytest.raises(KeyError, match=r"no key 'y' \(keys: \['index', 'x'\]\).*input_key"):
+        single._windows({"x": x, "index": torch.arange(4)})
+    with pytest.raises(ValueError, match=r"expected \(B, T, C, H, W\)"):
+        single._windows({"y": torch.randn(4, 12)})
+    with pytest.raises(ValueError, match="ortho_omega must be in"):
+        CausalDiscoveryTask(num_locations=12, ortho_omega=0.0)
+
+
+class _AssertRestored(Callback):
+    def __init__(self, expected: dict[str, torch.Tensor]) -> None:
+        self.expected = expected
+        self.seen = False
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        for name, value in self.expected.items():
+            torch.testing.assert_close(getattr(pl_module, name), value, rtol=0, atol=0, equal_nan=True)
+        self.seen = True
+
+
+def test_lagrangian_state_and_data_stats_travel_with_checkpoints(
+    tmp_path: Path, trainer_kwargs: dict[str, Any]
+) -> None:
+    seed_everything(0)
+    dm = CausalSyntheticDataModule(
+        root=tmp_path / "data",
+        num_latents=3,
+        height=4,
+        width=4,
+        num_timesteps=200,
+        block_length=100,
+    )
+    task = CausalDiscoveryTask(
+        num_locations=16, num_latents=3, alm_window=1, ortho_mu_mult=2.0, ortho_omega=0.01
+    )
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer = Trainer(max_epochs=3, limit_train_batches=2, callbacks=[ckpt], **trainer_kwargs)
+    trainer.fit(task, dm)
+    names = [
+        "alm_gamma",
+        "alm_mu",
+        "alm_last_residual",
+        "alm_history",
+        "alm_updates",
+        "alm_converged",
+    ]
+    state = {name: getattr(task, name).clone() for name in names}
+    assert int(state["alm_updates"]) == 3 and float(state["alm_mu"]) == 4.0
+    assert state["alm_gamma"].abs().max() > 0
+
+    loaded = CausalDiscoveryTask.load_from_checkpoint(ckpt.last_model_path)
+    for name, value in state.items():
+        torch.testing.assert_close(getattr(loaded, name), value, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(loaded.model.mixing, task.model.mixing)
+    saved = torch.load(ckpt.last_model_path, weights_only=True)
+    assert saved["CausalSyntheticDataModule"] == {"mean": dm.mean, "std": dm.std}
+
+    restored = _AssertRestored(state)
+    resumed = Trainer(max_epochs=4, limit_train_batches=2, callbacks=[restored], **trainer_kwargs)
+    resumed.fit(
+        CausalDiscoveryTask(num_locations=16, num_latents=3, alm_window=1),
+        dm,
+        ckpt_path=ckpt.last_model_path,
+    )
+    assert restored.seen
+
+
+def test_example_config_runs_through_the_cli(tmp_path: Path) -> None:
+    main(
+        [
+            "fit",
+            "--config",
+            str(EXAMPLES / "cdsd_synthetic.yaml"),
+            "--trainer.fast_dev_run",
+            "1",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--data.init_args.root",
+            str(tmp_path / "data"),
+        ]
+    )
+    assert (tmp_path / "data" / "causal_synthetic.npz").is_file()
+
+
+def test_predict_returns_one_step_forecasts_with_index(
+    tmp_path: Path, trainer_kwargs: dict[str, Any]
+) -> None:
+    dm = CausalSyntheticDataModule(
+        root=tmp_path / "data",
+        num_latents=3,
+        height=4,
+        width=4,
+        num_timesteps=200,
+        block_length=100,
+        window_length=3,
+    )
+    dm.prepare_data()
+    task = CausalDiscoveryTask(num_locations=16, num_latents=3)
+    batches = Trainer(**trainer_kwargs).predict(task, dm)
+    assert batches[0]["prediction"].shape == (16, 2, 1, 16)
+    assert torch.equal(batches[0]["index"], torch.arange(16))
+    task.eval()  # deterministic: posterior means and edge probabilities
+    expected = task(dm.predict_dataset[0]["x"].flatten(2)[None])
+    torch.testing.assert_close(batches[0]["prediction"][0, -1], expected[0])

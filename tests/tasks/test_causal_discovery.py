@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +146,9 @@ class _AssertRestored(Callback):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         for name, value in self.expected.items():
-            torch.testing.assert_close(getattr(pl_module, name), value, rtol=0, atol=0, equal_nan=True)
+            torch.testing.assert_close(
+                getattr(pl_module, name), value, rtol=0, atol=0, equal_nan=True
+            )
         self.seen = True
 
 
@@ -237,3 +240,62 @@ def test_predict_returns_one_step_forecasts_with_index(
     task.eval()  # deterministic: posterior means and edge probabilities
     expected = task(dm.predict_dataset[0]["x"].flatten(2)[None])
     torch.testing.assert_close(batches[0]["prediction"][0, -1], expected[0])
+
+
+class _AssertRanksAgree(Callback):
+    """Under DDP: W >= 0 after every step, and every rank holds the same ALM state and mixing."""
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        assert pl_module.model.mixing.min() >= 0
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        for name in ("alm_gamma", "alm_mu", "alm_updates", "alm_history"):
+            gathered = pl_module.all_gather(getattr(pl_module, name))
+            torch.testing.assert_close(gathered[0], gathered[1], rtol=0, atol=0, equal_nan=True)
+        gathered = pl_module.all_gather(pl_module.model.mixing.detach())
+        assert torch.equal(gathered[0], gathered[1])
+        if trainer.is_global_zero:
+            torch.save(
+                {"updates": pl_module.alm_updates.clone(), "mu": pl_module.alm_mu.clone()}, self.out
+            )
+
+
+def _ddp_task() -> CausalDiscoveryTask:
+    return CausalDiscoveryTask(
+        num_locations=16, num_latents=3, alm_window=1, ortho_mu_mult=2.0, ortho_omega=0.01
+    )
+
+
+@pytest.mark.ddp
+@pytest.mark.skipif(sys.platform == "win32", reason="gloo ddp_spawn test runs on POSIX")
+def test_ddp_keeps_mixing_non_negative_and_ranks_in_step(
+    tmp_path: Path, trainer_kwargs: dict[str, Any]
+) -> None:
+    dm = CausalSyntheticDataModule(
+        root=tmp_path / "data",
+        num_latents=3,
+        height=4,
+        width=4,
+        num_timesteps=200,
+        block_length=100,
+    )
+    dm.prepare_data()
+    out = tmp_path / "state.pt"
+    trainer = Trainer(
+        devices=2,
+        strategy="ddp_spawn",
+        max_epochs=2,
+        limit_train_batches=3,
+        limit_val_batches=2,
+        enable_checkpointing=False,
+        callbacks=[_AssertRanksAgree(str(out))],
+        **trainer_kwargs,
+    )
+    trainer.fit(_ddp_task(), dm)
+    state = torch.load(out, weights_only=True)
+    assert int(state["updates"]) == 2 and float(state["mu"]) == 2.0  # one ALM step per validation

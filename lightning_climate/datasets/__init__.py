@@ -1,3 +1,6 @@
 """Readers of real on-disk formats and generators of embedded data."""
 
-__all__: list[str] = []
+from lightning_climate.datasets.climateset import ClimateSet
+from lightning_climate.datasets.climateset_generate import generate_climateset
+
+__all__ = ["ClimateSet", "generate_climateset"]

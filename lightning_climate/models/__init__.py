@@ -1,3 +1,8 @@
 """Model architectures (plain torch.nn.Modules)."""
 
-__all__: list[str] = []
+from lightning_climate.models.cnn_lstm import CNNLSTM
+from lightning_climate.models.super_emulator import SuperEmulator
+from lightning_climate.models.unet import UNet
+from lightning_climate.models.vit import ViTEmulator
+
+__all__ = ["CNNLSTM", "SuperEmulator", "UNet", "ViTEmulator"]

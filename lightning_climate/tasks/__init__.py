@@ -1,5 +1,6 @@
 """LightningModules (tasks), one file per problem."""
 
 from lightning_climate.tasks.base import BaseTask
+from lightning_climate.tasks.emulation import EmulationTask
 
-__all__ = ["BaseTask"]
+__all__ = ["BaseTask", "EmulationTask"]

@@ -41,21 +41,23 @@ def split_train_val(
     """Split sample positions of a pool of consecutive-``years`` blocks into train and validation.
 
     The pool is ordered as blocks of ``len(years)`` samples, one block per (model, member,
-    scenario). ``"blocked"`` validates on the last ``round(val_fraction * len(years))`` years of
+    scenario). ``"blocked"`` validates on the last ``max(1, round(val_fraction * len(years)))`` years of
     every block (no year of a validation window is next to a training year of the same run except
     at the block edge). ``"random"`` draws ``floor(val_fraction * n_samples)`` samples with a
     seeded generator, as the reference code did (258 samples -> 233 / 25).
     """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}.")
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}.")
     if mode == "random":
         order = torch.randperm(n_samples, generator=torch.Generator().manual_seed(seed)).tolist()
         n_val = math.floor(val_fraction * n_samples)
+        if n_val == 0:
+            raise ValueError(f"val_fraction {val_fraction} of {n_samples} samples holds out none.")
         return sorted(order[n_val:]), sorted(order[:n_val])
     if mode != "blocked":
         raise ValueError(f"val_split must be 'blocked' or 'random', got {mode!r}.")
     n_years = len(years)
-    n_val = round(val_fraction * n_years)
+    n_val = max(1, round(val_fraction * n_years))
     if n_val >= n_years:
         raise ValueError(f"val_fraction {val_fraction} leaves no training year of {n_years}.")
     train, val = [], []

@@ -94,7 +94,8 @@ class EmulationTask(BaseTask):
         for split in splits:
             for name in self._loader_names(split):
                 prefix = f"{split}_" if name == split else f"{split}_{name}_"
-                self.metrics[prefix.rstrip("_")] = nn.ModuleDict(
+                # "<key>_metrics": a bare "train" would clash with nn.Module.train
+                self.metrics[f"{prefix}metrics"] = nn.ModuleDict(
                     {
                         var: MetricCollection(
                             {"RMSE": LatitudeWeightedRMSE(latitudes)},
@@ -147,7 +148,7 @@ class EmulationTask(BaseTask):
         self.log(loss_key, loss, batch_size=batch_size, sync_dist=True, add_dataloader_idx=False)
         pred_phys = self._physical(batch, pred.detach())
         target_phys = self._physical(batch, batch["y"])
-        for channel, collection in enumerate(self.metrics[key].values()):
+        for channel, collection in enumerate(self.metrics[f"{key}_metrics"].values()):
             collection.update(pred_phys[:, :, channel], target_phys[:, :, channel])
             self.log_dict(
                 collection,

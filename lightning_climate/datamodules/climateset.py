@@ -195,7 +195,10 @@ class ClimateSetDataModule(BaseDataModule):
                 for scenario in self.test_scenarios
                 for model in self.climate_models
             }
-            setattr(self, f"{stage}_dataset", tests)
+            if stage == "test":
+                self.test_dataset = tests
+            else:
+                self.predict_dataset = tests
         if self.statistics is None:
             train = (
                 self.train_dataset

@@ -8,12 +8,20 @@ from lightning_climate.metrics.graph import (
     match_latents,
     permute_graph,
 )
+from lightning_climate.metrics.latitude_weighted_rmse import (
+    LatitudeWeightedRMSE,
+    latitude_weighted_mse,
+    latitude_weights,
+)
 
 __all__ = [
     "EdgeF1Score",
     "EdgePrecision",
     "EdgeRecall",
+    "LatitudeWeightedRMSE",
     "StructuralHammingDistance",
+    "latitude_weighted_mse",
+    "latitude_weights",
     "match_latents",
     "permute_graph",
 ]

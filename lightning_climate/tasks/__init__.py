@@ -2,5 +2,6 @@
 
 from lightning_climate.tasks.base import BaseTask
 from lightning_climate.tasks.causal_discovery import CausalDiscoveryTask
+from lightning_climate.tasks.emulation import EmulationTask
 
-__all__ = ["BaseTask", "CausalDiscoveryTask"]
+__all__ = ["BaseTask", "CausalDiscoveryTask", "EmulationTask"]

@@ -220,6 +220,38 @@ def test_example_config_runs_through_the_cli(tmp_path: Path) -> None:
     assert (tmp_path / "data" / "causal_synthetic.npz").is_file()
 
 
+def test_climateset_example_config_runs_through_the_cli(tmp_path: Path) -> None:
+    root = tmp_path / "climateset"
+    main(
+        [
+            "fit",
+            "--config",
+            str(EXAMPLES / "cdsd_climateset.yaml"),
+            "--trainer.fast_dev_run",
+            "1",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.enable_progress_bar",
+            "false",
+            "--data.init_args.root",
+            str(root),
+            "--data.init_args.generate_grid_shape",
+            "[8, 12]",
+            "--data.init_args.train_years",
+            "[2015, 2024]",
+            "--data.init_args.test_years",
+            "[2015, 2016]",
+            "--model.init_args.num_locations",
+            "96",
+        ]
+    )
+    # outputs/CMIP6/<model>/<member>/<scenario>/<variable>/250_km/mon/<year>/<file>.nc
+    written = {(p.parts[-6], p.parts[-5]) for p in (root / "outputs").rglob("*.nc")}
+    assert {
+        (scenario, var) for scenario in ("ssp126", "ssp370", "ssp585") for var in ("tas", "pr")
+    } <= written
+
+
 def test_predict_returns_one_step_forecasts_with_index(
     tmp_path: Path, trainer_kwargs: dict[str, Any]
 ) -> None:

@@ -41,7 +41,8 @@ class CausalDiscoveryTask(BaseTask):
     ``alm_window`` validation NLLs improved by less than ``alm_rtol`` (relative), ``gamma += mu h``, and
     ``mu *= ortho_mu_mult`` if ``||h||`` did not drop below ``ortho_omega`` times its value at the
     previous update. Once ``||h||_F <= ortho_tolerance`` the constraint counts as converged and the
-    state stops changing.
+    state stops changing. The updates need a validation loop: without validation batches the
+    penalty stays at ``ortho_mu_init``. Because ``gamma`` may be negative, the logged losses can be.
 
     When the datamodule exposes ``ground_truth_graph`` (``(lags, nodes, nodes)``, bool) and
     ``ground_truth_mixing`` (``(C, N, latents)``), the learned graph (edges with probability

@@ -123,3 +123,17 @@ def test_bad_shapes_and_arguments_name_the_fix() -> None:
         CDSD(num_variables=1, num_locations=3, num_latents=4)
     with pytest.raises(ValueError, match="num_lags must be an integer >= 1"):
         CDSD(num_variables=1, num_locations=3, num_latents=2, num_lags=0)
+
+
+def test_training_samples_graphs_and_gradients_reach_the_logits() -> None:
+    torch.manual_seed(0)
+    model = CDSD(num_variables=1, num_locations=8, num_latents=3, hard_graph=True, graph_init_logit=0.0)
+    graph = model.sample_graph(500)
+    assert graph.shape == (500, 1, 3, 3) and set(graph.unique().tolist()) == {0.0, 1.0}
+    assert abs(graph.mean().item() - 0.5) < 0.03
+    out = model(torch.randn(4, 3, 1, 8))
+    (-(out.reconstruction - out.kl)).backward()
+    assert model.graph_logits.grad is not None and model.graph_logits.grad.abs().sum() > 0
+    assert model.mixing.grad is not None
+    model.eval()
+    torch.testing.assert_close(model.sample_graph(2), torch.full((2, 1, 3, 3), 0.5))

@@ -127,7 +127,9 @@ def test_bad_shapes_and_arguments_name_the_fix() -> None:
 
 def test_training_samples_graphs_and_gradients_reach_the_logits() -> None:
     torch.manual_seed(0)
-    model = CDSD(num_variables=1, num_locations=8, num_latents=3, hard_graph=True, graph_init_logit=0.0)
+    model = CDSD(
+        num_variables=1, num_locations=8, num_latents=3, hard_graph=True, graph_init_logit=0.0
+    )
     graph = model.sample_graph(500)
     assert graph.shape == (500, 1, 3, 3) and set(graph.unique().tolist()) == {0.0, 1.0}
     assert abs(graph.mean().item() - 0.5) < 0.03

@@ -40,8 +40,9 @@ class CausalDiscoveryTask(BaseTask):
     updated at the end of each validation epoch once the sub-problem is stationary: when the last
     ``alm_window`` validation NLLs improved by less than ``alm_rtol`` (relative), ``gamma += mu h``, and
     ``mu *= ortho_mu_mult`` if ``||h||`` did not drop below ``ortho_omega`` times its value at the
-    previous update. Once ``||h||_F <= ortho_tolerance`` the constraint counts as converged and the
-    state stops changing. The updates need a validation loop: without validation batches the
+    previous update. While ``||h||_F <= ortho_tolerance`` the constraint counts as converged
+    (``alm_converged``) and the state does not change; unlike the reference, which freezes the
+    state for good at first convergence, updates resume if the residual drifts above the tolerance. The updates need a validation loop: without validation batches the
     penalty stays at ``ortho_mu_init``. Because ``gamma`` may be negative, the logged losses can be.
 
     When the datamodule exposes ``ground_truth_graph`` (``(lags, nodes, nodes)``, bool) and
@@ -273,11 +274,9 @@ class CausalDiscoveryTask(BaseTask):
     @torch.no_grad()
     def update_lagrangian(self, val_nll: Tensor) -> None:
         """One augmented-Lagrangian step, given this epoch's (synchronised) validation NLL."""
-        if bool(self.alm_converged):
-            return
         residual = self.orthogonality_residual_norm()
-        if residual <= self.ortho_tolerance:
-            self.alm_converged.fill_(True)
+        self.alm_converged.fill_(bool(residual <= self.ortho_tolerance))
+        if self.alm_converged:
             return
         self.alm_history.copy_(
             torch.cat([self.alm_history[1:], val_nll.reshape(1).to(self.alm_history)])

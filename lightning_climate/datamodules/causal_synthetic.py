@@ -18,7 +18,7 @@ from lightning_climate.datasets.causal_synthetic import (
     read_causal_synthetic,
 )
 
-__all__ = ["CausalSyntheticDataModule"]
+__all__ = ["CausalSyntheticDataModule", "blocked_window_starts"]
 
 
 def blocked_window_starts(

@@ -139,3 +139,28 @@ def test_training_samples_graphs_and_gradients_reach_the_logits() -> None:
     assert model.mixing.grad is not None
     model.eval()
     torch.testing.assert_close(model.sample_graph(2), torch.full((2, 1, 3, 3), 0.5))
+
+
+def test_forward_matches_a_loop_over_targets_and_lags() -> None:
+    torch.manual_seed(0)
+    model = CDSD(num_variables=2, num_locations=5, num_latents=2, num_lags=3, transition_hidden=4)
+    with torch.no_grad():
+        model.graph_logits.normal_()
+        model.encoder_logvar.normal_(0, 0.3)
+        model.transition_logvar.normal_(0, 0.3)
+    model.eval()  # posterior means and edge probabilities: deterministic
+    x = torch.randn(2, 6, 2, 5)
+    out = model(x)
+    probs = model.edge_probabilities()
+    kls, preds = [], []
+    for t in range(3, 6):
+        z = [model.encode(x[:, t - lag]) for lag in (1, 2, 3)]  # lag 1 first
+        past = torch.stack(z, dim=1)
+        mean_p = model.transition_mean(past, probs.expand(2, *probs.shape))
+        mean_q = model.encode(x[:, t])
+        kls.append(
+            gaussian_kl(mean_q, model.encoder_logvar, mean_p, model.transition_logvar).sum(-1)
+        )
+        preds.append(model.decode(mean_p))
+    torch.testing.assert_close(out.kl, torch.stack(kls, 1).mean())
+    torch.testing.assert_close(out.prediction_mean, torch.stack(preds, 1))

@@ -1,4 +1,7 @@
-"""Datamodule of synthetic gridded series with a known latent graph (see ``datasets.causal_synthetic``)."""
+"""Datamodule of synthetic gridded series with a known latent graph.
+
+The data format and generator are in :mod:`lightning_climate.datasets.causal_synthetic`.
+"""
 
 from __future__ import annotations
 

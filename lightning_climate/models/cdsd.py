@@ -167,23 +167,23 @@ class CDSD(nn.Module):
         self.mixing.clamp_(min=0.0)
 
     def orthogonality_residual(self) -> Tensor:
-        """``WᵀW - I`` per variable, shape ``(V, num_latents, num_latents)``; zero when satisfied."""
+        """``WᵀW - I`` per variable, ``(V, num_latents, num_latents)``; zero when satisfied."""
         gram = self.mixing.transpose(1, 2) @ self.mixing
         return gram - torch.eye(self.num_latents, dtype=gram.dtype, device=gram.device)
 
     def encode(self, x: Tensor) -> Tensor:
-        """Posterior means ``Wᵀ x`` of ``x`` ``(..., V, N)``, flattened to ``(..., V * num_latents)``."""
+        """Posterior means ``Wᵀ x`` of ``x`` ``(..., V, N)``, as ``(..., V * num_latents)``."""
         z = torch.einsum("...vn,vnk->...vk", x, self.mixing)
         return z.flatten(-2)
 
     def decode(self, z: Tensor) -> Tensor:
-        """Observation means ``W z`` of latents ``(..., V * num_latents)``, shape ``(..., V, N)``."""
+        """Observation means ``W z`` ``(..., V, N)`` of latents ``(..., V * num_latents)``."""
         z = z.unflatten(-1, (self.num_variables, self.num_latents))
         return torch.einsum("...vk,vnk->...vn", z, self.mixing)
 
     # ----------------------------------------------------------------------------- graph
     def edge_probabilities(self) -> Tensor:
-        """``sigmoid(graph_logits)``, shape ``(num_lags, nodes, nodes)`` indexed ``[lag-1, cause, effect]``."""
+        """``sigmoid(graph_logits)``, ``(num_lags, nodes, nodes)``, indexed ``[lag-1, cause, effect]``."""
         return torch.sigmoid(self.graph_logits)
 
     def sample_graph(self, batch_size: int) -> Tensor:

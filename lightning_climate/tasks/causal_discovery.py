@@ -1,4 +1,7 @@
-"""Causal discovery on gridded time series with CDSD (Boussard et al., 2023; Brouillard et al., 2024)."""
+"""Causal discovery on gridded time series with CDSD.
+
+CDSD is by Brouillard et al. (2024); Boussard et al. (2023) apply it to climate model data.
+"""
 
 from __future__ import annotations
 
@@ -31,19 +34,22 @@ class CausalDiscoveryTask(BaseTask):
     ``(B, T, C, N)`` or ``(B, T, N)`` (``T >= num_lags + 1`` time steps, ``C = num_variables``
     channels, ``H * W = N = num_locations`` grid cells). The loss, per observed value, is
 
-    ``[-ELBO + sparsity_coeff * sum(edge probabilities)] / (C * N) + sum(gamma ⊙ h) + mu/2 * ||h||²``
+    ``[-ELBO + sparsity_coeff * sum(edge_probs)] / (C * N) + sum(gamma ⊙ h) + mu/2 * ||h||²``
 
     with ``h = WᵀW - I`` the orthogonality residual of the non-negative mixing ``W``. ``W`` is
-    projected onto ``W >= 0`` after every optimizer step. The augmented-Lagrangian state (the
-    multiplier matrix ``gamma``, the penalty ``mu``, the last residual, the recent validation losses and
-    a converged flag) lives in buffers, so it is saved in and restored from checkpoints. It is
-    updated at the end of each validation epoch once the sub-problem is stationary: when the last
-    ``alm_window`` validation NLLs improved by less than ``alm_rtol`` (relative), ``gamma += mu h``, and
-    ``mu *= ortho_mu_mult`` if ``||h||`` did not drop below ``ortho_omega`` times its value at the
-    previous update. While ``||h||_F <= ortho_tolerance`` the constraint counts as converged
-    (``alm_converged``) and the state does not change; unlike the reference, which freezes the
-    state for good at first convergence, updates resume if the residual drifts above the tolerance. The updates need a validation loop: without validation batches the
-    penalty stays at ``ortho_mu_init``. Because ``gamma`` may be negative, the logged losses can be.
+    projected onto ``W >= 0`` after every optimizer step.
+
+    The augmented-Lagrangian state (the multiplier matrix ``gamma``, the penalty ``mu``, the last
+    residual, the recent validation NLLs and a converged flag) lives in buffers, so it is saved in
+    and restored from checkpoints. It is updated at the end of each validation epoch once the
+    sub-problem is stationary, i.e. when the last ``alm_window`` validation NLLs improved by less
+    than ``alm_rtol`` (relative): then ``gamma += mu h``, and ``mu *= ortho_mu_mult`` if ``||h||``
+    did not drop below ``ortho_omega`` times its value at the previous update. While
+    ``||h||_F <= ortho_tolerance`` the constraint counts as converged (``alm_converged``) and the
+    state does not change; unlike the reference, which freezes the state for good at the first
+    convergence, updates resume if the residual drifts above the tolerance. The updates need a
+    validation loop (without one the penalty stays at ``ortho_mu_init``), and since ``gamma`` may
+    be negative, so may the logged losses.
 
     When the datamodule exposes ``ground_truth_graph`` (``(lags, nodes, nodes)``, bool) and
     ``ground_truth_mixing`` (``(C, N, latents)``), the learned graph (edges with probability
@@ -209,7 +215,7 @@ class CausalDiscoveryTask(BaseTask):
 
     # ------------------------------------------------------------------------- Lightning hooks
     def forward(self, x: Tensor) -> Tensor:
-        """One-step forecast of the last frame of windows ``x`` ``(B, T, C, N)``, shape ``(B, C, N)``."""
+        """One-step forecast ``(B, C, N)`` of the last frame of windows ``x`` ``(B, T, C, N)``."""
         return self.model(x).prediction_mean[:, -1]
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:

@@ -5,6 +5,7 @@ CDSD is by Brouillard et al. (2024); Boussard et al. (2023) apply it to climate 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -67,6 +68,11 @@ class CausalDiscoveryTask(BaseTask):
         temperature: Gumbel-sigmoid temperature.
         hard_graph: sample 0/1 graphs with straight-through gradients.
         input_key: batch key of the windows (``"y"`` for ClimateSet outputs, for instance).
+        seasonal_period: if positive, remove the seasonal cycle as the reference does: every value
+            is standardised with the mean and standard deviation of its phase (time step modulo
+            the period), grid cell and variable over the training data. The statistics are
+            computed once at the start of ``fit`` from the datamodule's training loader and saved
+            in checkpoints. Windows must start at phase 0 (12 for calendar-year monthly windows).
         kl_coeff: weight of the KL term of the ELBO.
         sparsity_coeff: L1 penalty on edge probabilities, in nats per edge and sample.
         ortho_mu_init: initial penalty coefficient ``mu``.
@@ -91,6 +97,7 @@ class CausalDiscoveryTask(BaseTask):
         temperature: float = 0.5,
         hard_graph: bool = False,
         input_key: str = "x",
+        seasonal_period: int = 0,
         kl_coeff: float = 1.0,
         sparsity_coeff: float = 0.1,
         ortho_mu_init: float = 1.0,
@@ -118,6 +125,10 @@ class CausalDiscoveryTask(BaseTask):
             raise ValueError(f"ortho_mu_mult must be >= 1, got {ortho_mu_mult}.")
         if not 0 < ortho_omega <= 1:
             raise ValueError(f"ortho_omega must be in (0, 1], got {ortho_omega}.")
+        if seasonal_period < 0:
+            raise ValueError(
+                f"seasonal_period must be >= 0 (0 disables it), got {seasonal_period}."
+            )
         if alm_window < 1:
             raise ValueError(f"alm_window must be >= 1, got {alm_window}.")
         if not 0 < edge_threshold < 1:
@@ -133,6 +144,7 @@ class CausalDiscoveryTask(BaseTask):
             hard_graph=hard_graph,
         )
         self.input_key = input_key
+        self.seasonal_period = seasonal_period
         self.kl_coeff = kl_coeff
         self.sparsity_coeff = sparsity_coeff
         self.ortho_mu_mult = ortho_mu_mult
@@ -147,6 +159,10 @@ class CausalDiscoveryTask(BaseTask):
         self.register_buffer("alm_history", torch.full((alm_window,), float("nan")))
         self.register_buffer("alm_updates", torch.tensor(0))
         self.register_buffer("alm_converged", torch.tensor(False))
+        season_shape = (max(seasonal_period, 1), num_variables, num_locations)
+        self.register_buffer("seasonal_mean", torch.zeros(season_shape))
+        self.register_buffer("seasonal_std", torch.ones(season_shape))
+        self.register_buffer("seasonal_ready", torch.tensor(False))
 
         prediction = MetricCollection({"prediction_MSE": MeanSquaredError()})
         self.train_metrics = prediction.clone(prefix="train_")
@@ -166,7 +182,19 @@ class CausalDiscoveryTask(BaseTask):
 
     # ------------------------------------------------------------------------- helpers
     def _windows(self, batch: dict[str, Tensor]) -> Tensor:
-        """The batch's windows as ``(B, T, C, N)``."""
+        """The batch's windows as ``(B, T, C, N)``, as seasonal anomalies if configured."""
+        x = self._raw_windows(batch)
+        if not self.seasonal_period:
+            return x
+        if not bool(self.seasonal_ready):
+            raise RuntimeError(
+                "seasonal_period is set but the seasonal statistics are missing; run "
+                "trainer.fit first, load a checkpoint, or call fit_seasonal_statistics(loader)."
+            )
+        phase = torch.arange(x.shape[1], device=x.device) % self.seasonal_period
+        return (x - self.seasonal_mean[phase]) / self.seasonal_std[phase]
+
+    def _raw_windows(self, batch: dict[str, Tensor]) -> Tensor:
         if self.input_key not in batch:
             raise KeyError(
                 f"batch has no key {self.input_key!r} (keys: {sorted(batch)}); set "
@@ -238,6 +266,54 @@ class CausalDiscoveryTask(BaseTask):
         """One-step forecasts of every target frame, ``(B, T - num_lags, C, N)``, with ``index``."""
         x = self._windows(batch)
         return {"prediction": self.model(x).prediction_mean, "index": batch["index"]}
+
+    @torch.no_grad()
+    def fit_seasonal_statistics(
+        self, loader: Iterable[dict[str, Tensor]], datamodule: Any = None
+    ) -> None:
+        """Per-phase mean and standard deviation of every grid cell over ``loader``'s windows.
+
+        Args:
+            loader: training batches.
+            datamodule: if given, its ``on_after_batch_transfer`` (e.g. normalisation) is applied
+                to every batch first, as in training.
+        """
+        period = self.seasonal_period
+        total = torch.zeros(period, *self.seasonal_mean.shape[1:], dtype=torch.float64)
+        squares = torch.zeros_like(total)
+        count = torch.zeros(period, dtype=torch.float64)
+        for batch in loader:
+            if datamodule is not None and hasattr(datamodule, "on_after_batch_transfer"):
+                batch = datamodule.on_after_batch_transfer(batch, 0)
+            x = self._raw_windows(batch).double().cpu()
+            phase = torch.arange(x.shape[1]) % period
+            total.index_add_(0, phase, x.sum(0))
+            squares.index_add_(0, phase, (x**2).sum(0))
+            count.index_add_(
+                0, phase, torch.full((x.shape[1],), float(x.shape[0]), dtype=torch.float64)
+            )
+        if (count == 0).any():
+            raise ValueError(
+                f"the training windows never reach some phase of seasonal_period={period}; "
+                "use windows at least one period long or a smaller seasonal_period."
+            )
+        mean = total / count[:, None, None]
+        std = (squares / count[:, None, None] - mean**2).clamp(min=0).sqrt().clamp(min=1e-6)
+        self.seasonal_mean.copy_(mean)
+        self.seasonal_std.copy_(std)
+        self.seasonal_ready.fill_(True)
+
+    def on_fit_start(self) -> None:
+        """Compute the seasonal statistics from the training data unless a checkpoint had them."""
+        if not self.seasonal_period or bool(self.seasonal_ready):
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None:
+            raise RuntimeError(
+                "seasonal_period needs the training data at fit start; pass a datamodule to "
+                "trainer.fit, or call fit_seasonal_statistics(loader) before fitting."
+            )
+        self.fit_seasonal_statistics(datamodule.train_dataloader(), datamodule)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """Step, then project the mixing onto ``W >= 0`` (projected gradient descent)."""

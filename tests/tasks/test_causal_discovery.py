@@ -11,8 +11,9 @@ import pytest
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, Dataset
 
-from lightning_climate.datamodules import CausalSyntheticDataModule
+from lightning_climate.datamodules import BaseDataModule, CausalSyntheticDataModule
 from lightning_climate.main import main
 from lightning_climate.metrics.graph import edge_counts, match_latents, permute_graph
 from lightning_climate.tasks import CausalDiscoveryTask
@@ -348,3 +349,68 @@ def test_ddp_keeps_mixing_non_negative_and_ranks_in_step(
     trainer.fit(_ddp_task(), dm)
     state = torch.load(out, weights_only=True)
     assert int(state["updates"]) == 2 and float(state["mu"]) == 2.0  # one ALM step per validation
+
+
+class _CalendarWindows(Dataset):
+    """Calendar-year windows (B, 12, 2, 6) with a strong seasonal cycle that differs per cell."""
+
+    def __init__(self, years: int) -> None:
+        gen = torch.Generator().manual_seed(years)
+        month = torch.arange(12.0)[:, None, None]
+        cycle = (
+            5 * torch.sin(2 * torch.pi * month / 12 + torch.arange(6.0))
+            + torch.arange(2.0)[:, None]
+        )
+        noise = (1 + torch.arange(12.0)[:, None, None] / 6) * torch.randn(
+            years, 12, 2, 6, generator=gen
+        )
+        self.x = cycle + noise
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"y": self.x[index], "index": torch.tensor(index)}
+
+
+class _CalendarDataModule(BaseDataModule):
+    def setup(self, stage: str | None = None) -> None:
+        self.train_dataset = _CalendarWindows(40)
+        self.val_dataset = _CalendarWindows(8)
+
+
+def test_seasonal_anomalies_use_training_statistics_per_month_and_cell(
+    tmp_path: Path, trainer_kwargs: dict[str, Any]
+) -> None:
+    task = CausalDiscoveryTask(
+        num_locations=6, num_variables=2, num_latents=2, input_key="y", seasonal_period=12
+    )
+    train = _CalendarWindows(40)
+    with pytest.raises(RuntimeError, match=r"seasonal statistics are missing; run trainer\.fit"):
+        task._windows({"y": train.x})
+    task.fit_seasonal_statistics(DataLoader(train, batch_size=7))
+    torch.testing.assert_close(task.seasonal_mean, train.x.mean(0))
+    torch.testing.assert_close(task.seasonal_std, train.x.std(0, unbiased=False))
+    anomalies = task._windows({"y": train.x})
+    torch.testing.assert_close(anomalies.mean(0), torch.zeros(12, 2, 6), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        anomalies.std(0, unbiased=False), torch.ones(12, 2, 6), atol=1e-5, rtol=0
+    )
+
+    short = CausalDiscoveryTask(
+        num_locations=6, num_variables=2, num_latents=2, input_key="y", seasonal_period=24
+    )
+    with pytest.raises(ValueError, match="never reach some phase of seasonal_period=24"):
+        short.fit_seasonal_statistics(DataLoader(train, batch_size=7))
+
+    # In fit, the statistics come from the datamodule's training loader and go into checkpoints.
+    fitted = CausalDiscoveryTask(
+        num_locations=6, num_variables=2, num_latents=2, input_key="y", seasonal_period=12
+    )
+    trainer = Trainer(max_epochs=1, limit_train_batches=2, **trainer_kwargs)
+    trainer.fit(fitted, _CalendarDataModule(batch_size=8))
+    torch.testing.assert_close(fitted.seasonal_mean, train.x.mean(0))
+    path = tmp_path / "seasonal.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = CausalDiscoveryTask.load_from_checkpoint(path)
+    assert bool(loaded.seasonal_ready) and torch.equal(loaded.seasonal_std, fitted.seasonal_std)

@@ -243,7 +243,7 @@ class CausalDiscoveryTask(BaseTask):
 
     # ------------------------------------------------------------------------- Lightning hooks
     def forward(self, x: Tensor) -> Tensor:
-        """One-step forecast ``(B, C, N)`` of the last frame of windows ``x`` ``(B, T, C, N)``."""
+        """One-step forecast ``(B, C, N)`` of the last frame of model-space windows ``(B, T, C, N)``."""
         return self.model(x).prediction_mean[:, -1]
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -263,7 +263,10 @@ class CausalDiscoveryTask(BaseTask):
         self._step(batch, "test")
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        """One-step forecasts of every target frame, ``(B, T - num_lags, C, N)``, with ``index``."""
+        """One-step forecasts ``(B, T - num_lags, C, N)`` of every target frame, with ``index``.
+
+        Forecasts are in the units the model sees: seasonal anomalies if ``seasonal_period`` is set.
+        """
         x = self._windows(batch)
         return {"prediction": self.model(x).prediction_mean, "index": batch["index"]}
 

@@ -154,9 +154,7 @@ class ClimateSetDataModule(BaseDataModule):
             out_vars=self.out_vars,
         )
 
-    def _dataset(
-        self, scenarios: Sequence[str], years: Sequence[int], models: Sequence[str] | None = None
-    ) -> ClimateSet:
+    def _dataset(self, scenarios: Sequence[str], years: Sequence[int]) -> ClimateSet:
         dataset = ClimateSet(
             self.root,
             climate_models=self.climate_models,
@@ -167,10 +165,6 @@ class ClimateSetDataModule(BaseDataModule):
             out_vars=self.out_vars,
             seq_to_seq=self.seq_to_seq,
         )
-        if models is not None:
-            dataset = dataset.subset(
-                [i for i, k in enumerate(dataset.keys) if k.climate_model in models]
-            )
         self.latitudes, self.longitudes = dataset.latitudes, dataset.longitudes
         return dataset
 
@@ -190,8 +184,16 @@ class ClimateSetDataModule(BaseDataModule):
                     f"val_fraction={self.val_fraction} holds out no sample; raise it or use more years."
                 )
         if stage in ("test", "predict"):
+            # One pool keeps every sample's global model_id; each loader holds one (scenario, model).
+            pool = self._dataset(self.test_scenarios, self.test_years)
             tests = {
-                f"{scenario}_{model}": self._dataset([scenario], self.test_years, [model])
+                f"{scenario}_{model}": pool.subset(
+                    [
+                        i
+                        for i, key in enumerate(pool.keys)
+                        if key.scenario == scenario and key.climate_model == model
+                    ]
+                )
                 for scenario in self.test_scenarios
                 for model in self.climate_models
             }

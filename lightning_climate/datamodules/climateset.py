@@ -6,7 +6,10 @@ Public interface (also used by the causal-discovery task):
   from ``train_scenarios`` x ``train_years``; ``setup("test")``/``setup("predict")`` fill
   ``test_dataset``/``predict_dataset`` with a mapping ``"{scenario}_{climate_model}" ->
   ClimateSet`` over ``test_scenarios`` x ``test_years``, so each climate model is evaluated apart.
-* Samples (see :class:`~lightning_climate.datasets.ClimateSet`) hold physical values; after the
+* Samples (see :class:`~lightning_climate.datasets.ClimateSet`) are dicts of tensors: ``x``
+  float32 (12, C_in, H, W) forcings, ``y`` float32 (12 or 1, C_out, H, W) outputs, ``model_id``,
+  ``year`` and ``index`` int64 scalars. They hold physical values (read the datasets directly
+  for raw fields, e.g. for causal discovery); after the
   batch reaches the device, :meth:`ClimateSetDataModule.on_after_batch_transfer` z-scores ``x``
   and ``y`` with the training statistics of the sample's climate model and adds ``y_mean`` and
   ``y_std`` (B, 1, C_out, 1, 1) so that ``y * y_std + y_mean`` gives physical units back.

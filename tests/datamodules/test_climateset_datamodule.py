@@ -90,8 +90,9 @@ def test_splits_and_per_model_test_sets(root: Path) -> None:
 def test_statistics_come_from_the_training_split_only(root: Path) -> None:
     dm = datamodule(root)
     dm.setup("fit")
+    train, val = list(dm.train_dataset), list(dm.val_dataset)
     for model_id in range(2):
-        samples = [s for s in dm.train_dataset if int(s["model_id"]) == model_id]
+        samples = [s for s in train if int(s["model_id"]) == model_id]
         y = torch.stack([s["y"] for s in samples]).double()  # (N, 12, C, H, W)
         x = torch.stack([s["x"] for s in samples]).double()
         torch.testing.assert_close(dm.statistics["out_mean"][model_id], y.mean(dim=(0, 1, 3, 4)))
@@ -101,9 +102,7 @@ def test_statistics_come_from_the_training_split_only(root: Path) -> None:
         torch.testing.assert_close(
             dm.statistics["in_std"][model_id], x.std(dim=(0, 1, 3, 4), unbiased=False)
         )
-        val_y = torch.stack(
-            [s["y"] for s in dm.val_dataset if int(s["model_id"]) == model_id]
-        ).double()
+        val_y = torch.stack([s["y"] for s in val if int(s["model_id"]) == model_id]).double()
         pooled = torch.cat([y, val_y]).mean(dim=(0, 1, 3, 4))
         assert not torch.allclose(dm.statistics["out_mean"][model_id], pooled)
     # The two climate models have different climates, hence different statistics.

@@ -124,6 +124,7 @@ class ClimateSetDataModule(BaseDataModule):
         generate_grid_shape: Sequence[int] = (96, 144),
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
+        self.save_hyperparameters()
         self.root = Path(root)
         self.climate_models = list(climate_models)
         self.members = None if members is None else list(members)

@@ -141,7 +141,9 @@ def test_state_dict_round_trip_and_checkpoint(
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     trainer = Trainer(max_steps=1, limit_val_batches=1, callbacks=[checkpoint], **trainer_kwargs)
     trainer.fit(task, datamodule=dm)
-    saved = torch.load(checkpoint.last_model_path, weights_only=True)["ClimateSetDataModule"]
+    ckpt = torch.load(checkpoint.last_model_path, weights_only=True)
+    assert list(ckpt["datamodule_hyper_parameters"]["climate_models"]) == MODELS
+    saved = ckpt["ClimateSetDataModule"]
     for key, value in dm.statistics.items():
         torch.testing.assert_close(saved[key], value)
     # A fresh datamodule restored from the checkpoint uses the checkpoint's statistics.

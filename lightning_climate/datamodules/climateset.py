@@ -96,6 +96,8 @@ class ClimateSetDataModule(BaseDataModule):
         val_fraction: share of the training years (``blocked``) or samples (``random``) held out.
         val_split: ``"blocked"`` (last years of every run, leak-free) or ``"random"`` (paper).
         seq_to_seq: predict all 12 months (``True``) or only the last one.
+        in_memory: read every sample once in ``setup`` and keep it in RAM (small data); the
+            default reads each sample's files lazily, so memory does not grow with the data.
         batch_size: samples per batch.
         num_workers: DataLoader worker processes (files are opened per sample, fork-safe).
         seed: seed of the random validation split.
@@ -117,6 +119,7 @@ class ClimateSetDataModule(BaseDataModule):
         val_fraction: float = 0.1,
         val_split: Literal["blocked", "random"] = "blocked",
         seq_to_seq: bool = True,
+        in_memory: bool = False,
         batch_size: int = 4,
         num_workers: int = 0,
         seed: int = 0,
@@ -135,6 +138,7 @@ class ClimateSetDataModule(BaseDataModule):
         split_train_val(self.train_years, len(self.train_years), val_fraction, val_split, seed)
         self.val_fraction, self.val_split = val_fraction, val_split
         self.seq_to_seq = seq_to_seq
+        self.in_memory = in_memory
         self.generate = generate
         if len(generate_grid_shape) != 2:
             raise ValueError(f"generate_grid_shape must be (lat, lon), got {generate_grid_shape}.")
@@ -170,7 +174,7 @@ class ClimateSetDataModule(BaseDataModule):
             seq_to_seq=self.seq_to_seq,
         )
         self.latitudes, self.longitudes = dataset.latitudes, dataset.longitudes
-        return dataset
+        return dataset.load_into_memory() if self.in_memory else dataset
 
     def _train_val(self) -> tuple[ClimateSet, ClimateSet]:
         pool = self._dataset(self.train_scenarios, self.train_years)

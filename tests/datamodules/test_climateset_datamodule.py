@@ -174,3 +174,15 @@ def test_prepare_data_generates_only_when_asked(tmp_path: Path) -> None:
     dm.prepare_data()
     dm.setup("fit")
     assert dm.train_dataset[0]["y"].shape == (12, 1, 4, 6)
+
+
+def test_in_memory_datamodule_matches_lazy(root: Path) -> None:
+    lazy, cached = (
+        datamodule(root, climate_models=MODELS[:1]),
+        datamodule(root, climate_models=MODELS[:1], in_memory=True),
+    )
+    for dm in (lazy, cached):
+        dm.setup("fit")
+    assert cached.train_dataset._cache is not None and lazy.train_dataset._cache is None
+    for key, value in lazy.statistics.items():
+        torch.testing.assert_close(cached.statistics[key], value)

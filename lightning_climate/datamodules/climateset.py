@@ -98,6 +98,10 @@ class ClimateSetDataModule(BaseDataModule):
         seq_to_seq: predict all 12 months (``True``) or only the last one.
         in_memory: read every sample once in ``setup`` and keep it in RAM (small data); the
             default reads each sample's files lazily, so memory does not grow with the data.
+        normalization: ``"variable"`` z-scores ``y`` with one mean and std per variable (the
+            paper); ``"climatology"`` subtracts the training mean of every (month, lat, lon) cell
+            and divides by the per-variable std of the anomalies, so a model learns the forced
+            response and predicting zeros equals the climatology baseline.
         batch_size: samples per batch.
         num_workers: DataLoader worker processes (files are opened per sample, fork-safe).
         seed: seed of the random validation split.
@@ -120,6 +124,7 @@ class ClimateSetDataModule(BaseDataModule):
         val_split: Literal["blocked", "random"] = "blocked",
         seq_to_seq: bool = True,
         in_memory: bool = False,
+        normalization: Literal["variable", "climatology"] = "variable",
         batch_size: int = 4,
         num_workers: int = 0,
         seed: int = 0,
@@ -139,6 +144,11 @@ class ClimateSetDataModule(BaseDataModule):
         self.val_fraction, self.val_split = val_fraction, val_split
         self.seq_to_seq = seq_to_seq
         self.in_memory = in_memory
+        if normalization not in ("variable", "climatology"):
+            raise ValueError(
+                f"normalization must be 'variable' or 'climatology', got {normalization!r}."
+            )
+        self.normalization = normalization
         self.generate = generate
         if len(generate_grid_shape) != 2:
             raise ValueError(f"generate_grid_shape must be (lat, lon), got {generate_grid_shape}.")
@@ -228,9 +238,18 @@ class ClimateSetDataModule(BaseDataModule):
             name: [torch.zeros(n_models, c, dtype=torch.float64) for _ in range(3)]
             for name, c in (("in", len(self.in_vars)), ("out", len(self.out_vars)))
         }
+        pixel: dict[str, Tensor] = {}
         loader = DataLoader(dataset, batch_size=1, num_workers=self.num_workers)
         for sample in loader:
             m = int(sample["model_id"])
+            if self.normalization == "climatology":
+                y = sample["y"][0].double()
+                if not pixel:
+                    pixel = {k: y.new_zeros(n_models, *y.shape) for k in ("sum", "sq")}
+                    pixel["n"] = torch.zeros(n_models, dtype=torch.float64)
+                pixel["sum"][m] += y
+                pixel["sq"][m] += y**2
+                pixel["n"][m] += 1
             for name, key in (("in", "x"), ("out", "y")):
                 values = sample[key][0].double().transpose(0, 1).flatten(1)  # (C, N)
                 count, mean, m2 = acc[name]
@@ -256,12 +275,22 @@ class ClimateSetDataModule(BaseDataModule):
                     f"A training variable is constant (std 0) in {name}puts: {std.tolist()}."
                 )
             stats[f"{name}_mean"], stats[f"{name}_std"] = mean, std
+        if pixel:
+            n = pixel["n"].view(-1, 1, 1, 1, 1)
+            climatology = pixel["sum"] / n  # (M, T, C, H, W)
+            anomaly_var = (pixel["sq"] / n - climatology**2).clamp_min(0.0).mean(dim=(1, 3, 4))
+            if (anomaly_var == 0).any():
+                raise ValueError(
+                    "Anomalies from the climatology are all zero for a variable; use "
+                    "normalization='variable' or more training years."
+                )
+            stats["out_mean"], stats["out_std"] = climatology, anomaly_var.sqrt()
         return stats
 
     def on_after_batch_transfer(
         self, batch: dict[str, Tensor], dataloader_idx: int
     ) -> dict[str, Tensor]:
-        """Z-score ``x`` and ``y`` with the training statistics of each sample's climate model."""
+        """Normalise ``x`` and ``y`` with the training statistics of each sample's climate model."""
         if self.statistics is None:
             raise RuntimeError("ClimateSetDataModule has no statistics; call setup() first.")
         model_id = batch["model_id"]
@@ -269,11 +298,9 @@ class ClimateSetDataModule(BaseDataModule):
 
         def per_sample(key: str, like: Tensor) -> Tensor:
             assert self.statistics is not None
-            return (
-                self.statistics[key]
-                .to(like.device)[model_id][:, None, :, None, None]
-                .to(like.dtype)
-            )
+            stat = self.statistics[key].to(like.device)[model_id].to(like.dtype)
+            # (B, C) per variable -> (B, 1, C, 1, 1); climatology (B, T, C, H, W) is used as is.
+            return stat[:, None, :, None, None] if stat.ndim == 2 else stat
 
         x_mean, x_std = per_sample("in_mean", x), per_sample("in_std", x)
         y_mean, y_std = per_sample("out_mean", y), per_sample("out_std", y)
@@ -291,16 +318,22 @@ class ClimateSetDataModule(BaseDataModule):
         """Restore the statistics of a checkpoint, checking they fit this configuration."""
         if not state_dict:
             return
+        n_models, n_in, n_out = len(self.climate_models), len(self.in_vars), len(self.out_vars)
+        got = {k: tuple(state_dict[k].shape) if k in state_dict else None for k in _STAT_KEYS}
         expected = {
-            "in_mean": (len(self.climate_models), len(self.in_vars)),
-            "out_mean": (len(self.climate_models), len(self.out_vars)),
+            "in_mean": (n_models, n_in),
+            "in_std": (n_models, n_in),
+            "out_std": (n_models, n_out),
         }
-        expected["in_std"], expected["out_std"] = expected["in_mean"], expected["out_mean"]
+        expected["out_mean"] = (n_models, n_out)
+        out_mean = got["out_mean"]
+        if self.normalization == "climatology" and out_mean is not None and len(out_mean) == 5:
+            expected["out_mean"] = (n_models, out_mean[1], n_out, *out_mean[3:])
         for key, shape in expected.items():
-            if key not in state_dict or tuple(state_dict[key].shape) != shape:
-                got = None if key not in state_dict else tuple(state_dict[key].shape)
+            if got[key] != shape:
                 raise ValueError(
-                    f"Checkpoint statistics {key!r} have shape {got}, expected {shape} "
-                    "(climate models x variables). Use the checkpoint's datamodule configuration."
+                    f"Checkpoint statistics {key!r} have shape {got[key]}, expected {shape} "
+                    f"(climate models x variables, normalization={self.normalization!r}). Use "
+                    "the checkpoint's datamodule configuration."
                 )
         self.statistics = {k: state_dict[k].clone() for k in _STAT_KEYS}

@@ -186,3 +186,34 @@ def test_in_memory_datamodule_matches_lazy(root: Path) -> None:
     assert cached.train_dataset._cache is not None and lazy.train_dataset._cache is None
     for key, value in lazy.statistics.items():
         torch.testing.assert_close(cached.statistics[key], value)
+
+
+def test_climatology_normalisation(root: Path) -> None:
+    dm = datamodule(root, normalization="climatology", batch_size=6)
+    dm.setup("fit")
+    train = list(dm.train_dataset)
+    assert dm.statistics["out_mean"].shape == (2, 12, 2, *GRID)
+    for model_id in range(2):
+        y = torch.stack([s["y"] for s in train if int(s["model_id"]) == model_id]).double()
+        climatology = y.mean(0)
+        torch.testing.assert_close(dm.statistics["out_mean"][model_id], climatology)
+        anomaly_std = ((y - climatology) ** 2).mean(dim=(0, 1, 3, 4)).sqrt()
+        torch.testing.assert_close(dm.statistics["out_std"][model_id], anomaly_std)
+    raw = next(iter(dm.val_dataloader()))
+    batch = dm.on_after_batch_transfer(dict(raw), 0)
+    assert batch["y_mean"].shape == (6, 12, 2, *GRID) and batch["y_std"].shape == (6, 1, 2, 1, 1)
+    torch.testing.assert_close(
+        batch["y"] * batch["y_std"] + batch["y_mean"], raw["y"], rtol=1e-5, atol=1e-6
+    )
+    # A zero (normalised) prediction is the climatology of the sample's own climate model.
+    expected = dm.statistics["out_mean"][raw["model_id"]].float()
+    torch.testing.assert_close(batch["y_mean"], expected)
+    other = datamodule(root, normalization="climatology")
+    other.load_state_dict(dm.state_dict())
+    torch.testing.assert_close(other.statistics["out_mean"], dm.statistics["out_mean"])
+    with pytest.raises(
+        ValueError, match=r"'out_mean' have shape \(2, 12, 2, 8, 12\), expected \(2, 2\)"
+    ):
+        datamodule(root).load_state_dict(dm.state_dict())
+    with pytest.raises(ValueError, match="normalization must be 'variable' or 'climatology'"):
+        datamodule(root, normalization="pixel")

@@ -7,6 +7,8 @@ warming differs from the training years'.
 
     lightning-climate fit --config examples/climateset_unet.yaml --trainer.default_root_dir runs/unet
     python benchmarks/climateset_emulation_skill.py runs/unet/lightning_logs/version_0
+    # the validation block of a training scenario (years never trained on):
+    python benchmarks/climateset_emulation_skill.py runs/unet/... --test-scenarios ssp585 --test-years 2092 2100
 """
 
 from __future__ import annotations
@@ -42,9 +44,17 @@ def main() -> None:
         "run_dir", type=Path, help="log folder holding config.yaml and checkpoints/"
     )
     parser.add_argument("--root", help="override the data root of the config")
+    parser.add_argument("--test-scenarios", nargs="+", help="override the test scenarios")
+    parser.add_argument(
+        "--test-years", nargs=2, type=int, help="override the first and last test year"
+    )
     args = parser.parse_args()
     config = yaml.safe_load((args.run_dir / "config.yaml").read_text())
     data_args = dict(config["data"]["init_args"]) | ({"root": args.root} if args.root else {})
+    if args.test_scenarios:
+        data_args["test_scenarios"] = args.test_scenarios
+    if args.test_years:
+        data_args["test_years"] = args.test_years
     data_args["generate"] = False
     dm = ClimateSetDataModule(**data_args)
     ckpt = max((args.run_dir / "checkpoints").glob("*.ckpt"))

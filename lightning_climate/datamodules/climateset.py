@@ -10,9 +10,10 @@ Public interface (also used by the causal-discovery task):
   float32 (12, C_in, H, W) forcings, ``y`` float32 (12 or 1, C_out, H, W) outputs, ``model_id``,
   ``year`` and ``index`` int64 scalars. They hold physical values (read the datasets directly
   for raw fields, e.g. for causal discovery); after the
-  batch reaches the device, :meth:`ClimateSetDataModule.on_after_batch_transfer` z-scores ``x``
-  and ``y`` with the training statistics of the sample's climate model and adds ``y_mean`` and
-  ``y_std`` (B, 1, C_out, 1, 1) so that ``y * y_std + y_mean`` gives physical units back.
+  batch reaches the device, :meth:`ClimateSetDataModule.on_after_batch_transfer` normalises ``x``
+  and ``y`` with the training statistics of the sample's climate model and adds ``y_mean``
+  ((B, 1, C_out, 1, 1), or (B, T, C_out, H, W) with ``normalization="climatology"``) and ``y_std``
+  (B, 1, C_out, 1, 1), so that ``y * y_std + y_mean`` gives physical units back.
 * :attr:`latitudes`/:attr:`longitudes` come from the files; :attr:`statistics` and
   ``state_dict()`` hold the normalisation statistics, which Lightning stores in checkpoints.
 """

@@ -13,8 +13,9 @@ A sample is one calendar year: its index maps deterministically to (climate mode
 scenario, year) and thus to one file per variable, which is opened, read and closed inside
 ``__getitem__``. No file handle lives on the dataset, so it is safe under forked DataLoader workers
 and DDP (netCDF/HDF5 handles are not fork-safe, pydata/xarray #4100), and memory does not grow with
-the number of years or models. Inputs and outputs are aligned by (year, month), not by timestamps,
-because Input4MIPs and CMIP6 files use different calendars.
+the number of years or models (:meth:`ClimateSet.load_into_memory` trades that for speed on small
+data). Inputs and outputs are aligned by (year, month), not by timestamps, because Input4MIPs and
+CMIP6 files use different calendars.
 """
 
 from __future__ import annotations

@@ -6,10 +6,14 @@ Public interface (also used by the causal-discovery task):
   from ``train_scenarios`` x ``train_years``; ``setup("test")``/``setup("predict")`` fill
   ``test_dataset``/``predict_dataset`` with a mapping ``"{scenario}_{climate_model}" ->
   ClimateSet`` over ``test_scenarios`` x ``test_years``, so each climate model is evaluated apart.
-* Samples (see :class:`~lightning_climate.datasets.ClimateSet`) hold physical values; after the
-  batch reaches the device, :meth:`ClimateSetDataModule.on_after_batch_transfer` z-scores ``x``
-  and ``y`` with the training statistics of the sample's climate model and adds ``y_mean`` and
-  ``y_std`` (B, 1, C_out, 1, 1) so that ``y * y_std + y_mean`` gives physical units back.
+* Samples (see :class:`~lightning_climate.datasets.ClimateSet`) are dicts of tensors: ``x``
+  float32 (12, C_in, H, W) forcings, ``y`` float32 (12 or 1, C_out, H, W) outputs, ``model_id``,
+  ``year`` and ``index`` int64 scalars. They hold physical values (read the datasets directly
+  for raw fields, e.g. for causal discovery); after the
+  batch reaches the device, :meth:`ClimateSetDataModule.on_after_batch_transfer` normalises ``x``
+  and ``y`` with the training statistics of the sample's climate model and adds ``y_mean``
+  ((B, 1, C_out, 1, 1), or (B, T, C_out, H, W) with ``normalization="climatology"``) and ``y_std``
+  (B, 1, C_out, 1, 1), so that ``y * y_std + y_mean`` gives physical units back.
 * :attr:`latitudes`/:attr:`longitudes` come from the files; :attr:`statistics` and
   ``state_dict()`` hold the normalisation statistics, which Lightning stores in checkpoints.
 """
@@ -93,6 +97,12 @@ class ClimateSetDataModule(BaseDataModule):
         val_fraction: share of the training years (``blocked``) or samples (``random``) held out.
         val_split: ``"blocked"`` (last years of every run, leak-free) or ``"random"`` (paper).
         seq_to_seq: predict all 12 months (``True``) or only the last one.
+        in_memory: read every sample once in ``setup`` and keep it in RAM (small data); the
+            default reads each sample's files lazily, so memory does not grow with the data.
+        normalization: ``"variable"`` z-scores ``y`` with one mean and std per variable (the
+            paper); ``"climatology"`` subtracts the training mean of every (month, lat, lon) cell
+            and divides by the per-variable std of the anomalies, so a model learns the forced
+            response and predicting zeros equals the climatology baseline.
         batch_size: samples per batch.
         num_workers: DataLoader worker processes (files are opened per sample, fork-safe).
         seed: seed of the random validation split.
@@ -114,6 +124,8 @@ class ClimateSetDataModule(BaseDataModule):
         val_fraction: float = 0.1,
         val_split: Literal["blocked", "random"] = "blocked",
         seq_to_seq: bool = True,
+        in_memory: bool = False,
+        normalization: Literal["variable", "climatology"] = "variable",
         batch_size: int = 4,
         num_workers: int = 0,
         seed: int = 0,
@@ -121,6 +133,7 @@ class ClimateSetDataModule(BaseDataModule):
         generate_grid_shape: Sequence[int] = (96, 144),
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
+        self.save_hyperparameters()
         self.root = Path(root)
         self.climate_models = list(climate_models)
         self.members = None if members is None else list(members)
@@ -131,6 +144,12 @@ class ClimateSetDataModule(BaseDataModule):
         split_train_val(self.train_years, len(self.train_years), val_fraction, val_split, seed)
         self.val_fraction, self.val_split = val_fraction, val_split
         self.seq_to_seq = seq_to_seq
+        self.in_memory = in_memory
+        if normalization not in ("variable", "climatology"):
+            raise ValueError(
+                f"normalization must be 'variable' or 'climatology', got {normalization!r}."
+            )
+        self.normalization = normalization
         self.generate = generate
         if len(generate_grid_shape) != 2:
             raise ValueError(f"generate_grid_shape must be (lat, lon), got {generate_grid_shape}.")
@@ -154,9 +173,7 @@ class ClimateSetDataModule(BaseDataModule):
             out_vars=self.out_vars,
         )
 
-    def _dataset(
-        self, scenarios: Sequence[str], years: Sequence[int], models: Sequence[str] | None = None
-    ) -> ClimateSet:
+    def _dataset(self, scenarios: Sequence[str], years: Sequence[int]) -> ClimateSet:
         dataset = ClimateSet(
             self.root,
             climate_models=self.climate_models,
@@ -167,12 +184,8 @@ class ClimateSetDataModule(BaseDataModule):
             out_vars=self.out_vars,
             seq_to_seq=self.seq_to_seq,
         )
-        if models is not None:
-            dataset = dataset.subset(
-                [i for i, k in enumerate(dataset.keys) if k.climate_model in models]
-            )
         self.latitudes, self.longitudes = dataset.latitudes, dataset.longitudes
-        return dataset
+        return dataset.load_into_memory() if self.in_memory else dataset
 
     def _train_val(self) -> tuple[ClimateSet, ClimateSet]:
         pool = self._dataset(self.train_scenarios, self.train_years)
@@ -190,8 +203,16 @@ class ClimateSetDataModule(BaseDataModule):
                     f"val_fraction={self.val_fraction} holds out no sample; raise it or use more years."
                 )
         if stage in ("test", "predict"):
+            # One pool keeps every sample's global model_id; each loader holds one (scenario, model).
+            pool = self._dataset(self.test_scenarios, self.test_years)
             tests = {
-                f"{scenario}_{model}": self._dataset([scenario], self.test_years, [model])
+                f"{scenario}_{model}": pool.subset(
+                    [
+                        i
+                        for i, key in enumerate(pool.keys)
+                        if key.scenario == scenario and key.climate_model == model
+                    ]
+                )
                 for scenario in self.test_scenarios
                 for model in self.climate_models
             }
@@ -218,9 +239,18 @@ class ClimateSetDataModule(BaseDataModule):
             name: [torch.zeros(n_models, c, dtype=torch.float64) for _ in range(3)]
             for name, c in (("in", len(self.in_vars)), ("out", len(self.out_vars)))
         }
+        pixel: dict[str, Tensor] = {}
         loader = DataLoader(dataset, batch_size=1, num_workers=self.num_workers)
         for sample in loader:
             m = int(sample["model_id"])
+            if self.normalization == "climatology":
+                y = sample["y"][0].double()
+                if not pixel:
+                    pixel = {k: y.new_zeros(n_models, *y.shape) for k in ("sum", "sq")}
+                    pixel["n"] = torch.zeros(n_models, dtype=torch.float64)
+                pixel["sum"][m] += y
+                pixel["sq"][m] += y**2
+                pixel["n"][m] += 1
             for name, key in (("in", "x"), ("out", "y")):
                 values = sample[key][0].double().transpose(0, 1).flatten(1)  # (C, N)
                 count, mean, m2 = acc[name]
@@ -246,12 +276,22 @@ class ClimateSetDataModule(BaseDataModule):
                     f"A training variable is constant (std 0) in {name}puts: {std.tolist()}."
                 )
             stats[f"{name}_mean"], stats[f"{name}_std"] = mean, std
+        if pixel:
+            n = pixel["n"].view(-1, 1, 1, 1, 1)
+            climatology = pixel["sum"] / n  # (M, T, C, H, W)
+            anomaly_var = (pixel["sq"] / n - climatology**2).clamp_min(0.0).mean(dim=(1, 3, 4))
+            if (anomaly_var == 0).any():
+                raise ValueError(
+                    "Anomalies from the climatology are all zero for a variable; use "
+                    "normalization='variable' or more training years."
+                )
+            stats["out_mean"], stats["out_std"] = climatology, anomaly_var.sqrt()
         return stats
 
     def on_after_batch_transfer(
         self, batch: dict[str, Tensor], dataloader_idx: int
     ) -> dict[str, Tensor]:
-        """Z-score ``x`` and ``y`` with the training statistics of each sample's climate model."""
+        """Normalise ``x`` and ``y`` with the training statistics of each sample's climate model."""
         if self.statistics is None:
             raise RuntimeError("ClimateSetDataModule has no statistics; call setup() first.")
         model_id = batch["model_id"]
@@ -259,11 +299,9 @@ class ClimateSetDataModule(BaseDataModule):
 
         def per_sample(key: str, like: Tensor) -> Tensor:
             assert self.statistics is not None
-            return (
-                self.statistics[key]
-                .to(like.device)[model_id][:, None, :, None, None]
-                .to(like.dtype)
-            )
+            stat = self.statistics[key].to(like.device)[model_id].to(like.dtype)
+            # (B, C) per variable -> (B, 1, C, 1, 1); climatology (B, T, C, H, W) is used as is.
+            return stat[:, None, :, None, None] if stat.ndim == 2 else stat
 
         x_mean, x_std = per_sample("in_mean", x), per_sample("in_std", x)
         y_mean, y_std = per_sample("out_mean", y), per_sample("out_std", y)
@@ -281,16 +319,22 @@ class ClimateSetDataModule(BaseDataModule):
         """Restore the statistics of a checkpoint, checking they fit this configuration."""
         if not state_dict:
             return
+        n_models, n_in, n_out = len(self.climate_models), len(self.in_vars), len(self.out_vars)
+        got = {k: tuple(state_dict[k].shape) if k in state_dict else None for k in _STAT_KEYS}
         expected = {
-            "in_mean": (len(self.climate_models), len(self.in_vars)),
-            "out_mean": (len(self.climate_models), len(self.out_vars)),
+            "in_mean": (n_models, n_in),
+            "in_std": (n_models, n_in),
+            "out_std": (n_models, n_out),
         }
-        expected["in_std"], expected["out_std"] = expected["in_mean"], expected["out_mean"]
+        expected["out_mean"] = (n_models, n_out)
+        out_mean = got["out_mean"]
+        if self.normalization == "climatology" and out_mean is not None and len(out_mean) == 5:
+            expected["out_mean"] = (n_models, out_mean[1], n_out, *out_mean[3:])
         for key, shape in expected.items():
-            if key not in state_dict or tuple(state_dict[key].shape) != shape:
-                got = None if key not in state_dict else tuple(state_dict[key].shape)
+            if got[key] != shape:
                 raise ValueError(
-                    f"Checkpoint statistics {key!r} have shape {got}, expected {shape} "
-                    "(climate models x variables). Use the checkpoint's datamodule configuration."
+                    f"Checkpoint statistics {key!r} have shape {got[key]}, expected {shape} "
+                    f"(climate models x variables, normalization={self.normalization!r}). Use "
+                    "the checkpoint's datamodule configuration."
                 )
         self.statistics = {k: state_dict[k].clone() for k in _STAT_KEYS}

@@ -90,8 +90,9 @@ def test_splits_and_per_model_test_sets(root: Path) -> None:
 def test_statistics_come_from_the_training_split_only(root: Path) -> None:
     dm = datamodule(root)
     dm.setup("fit")
+    train, val = list(dm.train_dataset), list(dm.val_dataset)
     for model_id in range(2):
-        samples = [s for s in dm.train_dataset if int(s["model_id"]) == model_id]
+        samples = [s for s in train if int(s["model_id"]) == model_id]
         y = torch.stack([s["y"] for s in samples]).double()  # (N, 12, C, H, W)
         x = torch.stack([s["x"] for s in samples]).double()
         torch.testing.assert_close(dm.statistics["out_mean"][model_id], y.mean(dim=(0, 1, 3, 4)))
@@ -101,9 +102,7 @@ def test_statistics_come_from_the_training_split_only(root: Path) -> None:
         torch.testing.assert_close(
             dm.statistics["in_std"][model_id], x.std(dim=(0, 1, 3, 4), unbiased=False)
         )
-        val_y = torch.stack(
-            [s["y"] for s in dm.val_dataset if int(s["model_id"]) == model_id]
-        ).double()
+        val_y = torch.stack([s["y"] for s in val if int(s["model_id"]) == model_id]).double()
         pooled = torch.cat([y, val_y]).mean(dim=(0, 1, 3, 4))
         assert not torch.allclose(dm.statistics["out_mean"][model_id], pooled)
     # The two climate models have different climates, hence different statistics.
@@ -142,7 +141,9 @@ def test_state_dict_round_trip_and_checkpoint(
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     trainer = Trainer(max_steps=1, limit_val_batches=1, callbacks=[checkpoint], **trainer_kwargs)
     trainer.fit(task, datamodule=dm)
-    saved = torch.load(checkpoint.last_model_path, weights_only=True)["ClimateSetDataModule"]
+    ckpt = torch.load(checkpoint.last_model_path, weights_only=True)
+    assert list(ckpt["datamodule_hyper_parameters"]["climate_models"]) == MODELS
+    saved = ckpt["ClimateSetDataModule"]
     for key, value in dm.statistics.items():
         torch.testing.assert_close(saved[key], value)
     # A fresh datamodule restored from the checkpoint uses the checkpoint's statistics.
@@ -173,3 +174,46 @@ def test_prepare_data_generates_only_when_asked(tmp_path: Path) -> None:
     dm.prepare_data()
     dm.setup("fit")
     assert dm.train_dataset[0]["y"].shape == (12, 1, 4, 6)
+
+
+def test_in_memory_datamodule_matches_lazy(root: Path) -> None:
+    lazy, cached = (
+        datamodule(root, climate_models=MODELS[:1]),
+        datamodule(root, climate_models=MODELS[:1], in_memory=True),
+    )
+    for dm in (lazy, cached):
+        dm.setup("fit")
+    assert cached.train_dataset._cache is not None and lazy.train_dataset._cache is None
+    for key, value in lazy.statistics.items():
+        torch.testing.assert_close(cached.statistics[key], value)
+
+
+def test_climatology_normalisation(root: Path) -> None:
+    dm = datamodule(root, normalization="climatology", batch_size=6)
+    dm.setup("fit")
+    train = list(dm.train_dataset)
+    assert dm.statistics["out_mean"].shape == (2, 12, 2, *GRID)
+    for model_id in range(2):
+        y = torch.stack([s["y"] for s in train if int(s["model_id"]) == model_id]).double()
+        climatology = y.mean(0)
+        torch.testing.assert_close(dm.statistics["out_mean"][model_id], climatology)
+        anomaly_std = ((y - climatology) ** 2).mean(dim=(0, 1, 3, 4)).sqrt()
+        torch.testing.assert_close(dm.statistics["out_std"][model_id], anomaly_std)
+    raw = next(iter(dm.val_dataloader()))
+    batch = dm.on_after_batch_transfer(dict(raw), 0)
+    assert batch["y_mean"].shape == (6, 12, 2, *GRID) and batch["y_std"].shape == (6, 1, 2, 1, 1)
+    torch.testing.assert_close(
+        batch["y"] * batch["y_std"] + batch["y_mean"], raw["y"], rtol=1e-5, atol=1e-6
+    )
+    # A zero (normalised) prediction is the climatology of the sample's own climate model.
+    expected = dm.statistics["out_mean"][raw["model_id"]].float()
+    torch.testing.assert_close(batch["y_mean"], expected)
+    other = datamodule(root, normalization="climatology")
+    other.load_state_dict(dm.state_dict())
+    torch.testing.assert_close(other.statistics["out_mean"], dm.statistics["out_mean"])
+    with pytest.raises(
+        ValueError, match=r"'out_mean' have shape \(2, 12, 2, 8, 12\), expected \(2, 2\)"
+    ):
+        datamodule(root).load_state_dict(dm.state_dict())
+    with pytest.raises(ValueError, match="normalization must be 'variable' or 'climatology'"):
+        datamodule(root, normalization="pixel")

@@ -244,3 +244,21 @@ def test_descending_latitudes_are_flipped(root: Path, tmp_path: Path) -> None:
     got = read_monthly_field(dst, "tas", 2015)  # the single gridded variable is used
     np.testing.assert_array_equal(got.values, ref.values)
     np.testing.assert_array_equal(got.lat, ref.lat)
+
+
+def test_in_memory_mode_serves_the_same_samples_from_ram(root: Path, tmp_path: Path) -> None:
+    tree = copy_tree(root, tmp_path)
+    lazy = ClimateSet(tree, MODELS, ["ssp370"], YEARS)
+    expected = [lazy[i] for i in range(len(lazy))]
+    cached = ClimateSet(tree, MODELS, ["ssp370"], YEARS).load_into_memory()
+    part = cached.subset([5, 2])
+    shutil.rmtree(tree / "outputs")  # from now on, only RAM can serve samples
+    with pytest.raises(FileNotFoundError):
+        lazy[0]
+    for i, reference in enumerate(expected):
+        sample = cached[i]
+        for key in reference:
+            torch.testing.assert_close(sample[key], reference[key])
+    for position, source in enumerate([5, 2]):
+        torch.testing.assert_close(part[position]["y"], expected[source]["y"])
+        assert int(part[position]["index"]) == position

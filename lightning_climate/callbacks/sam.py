@@ -34,8 +34,8 @@ class SharpnessAwareMinimization(Callback):
 
     Refused, each with an error naming the fix: ``precision="16-mixed"`` (its GradScaler never
     hands the closure to the optimizer; use ``bf16-mixed`` or ``32-true``),
-    ``accumulate_grad_batches > 1``, manual optimization (use :class:`SAM` directly), more than
-    one optimizer, an optimizer that is already SAM, and the FSDP / DeepSpeed / model-parallel
+    ``accumulate_grad_batches > 1``, manual optimization (use :class:`SAM` directly), an
+    optimizer that is already SAM, and the FSDP / DeepSpeed / model-parallel
     strategies (their sharded parameters are not perturbable tensor by tensor).
 
     Caveat: the ``training_step`` output handed to ``on_train_batch_end`` is that of the second
@@ -105,13 +105,8 @@ class SharpnessAwareMinimization(Callback):
                 "`self.optimizers().step(closure)` with a closure that runs zero_grad, the forward "
                 "and `self.manual_backward(loss)`; then remove this callback."
             )
-        optimizers = trainer.strategy.optimizers
-        if len(optimizers) != 1:
-            raise MisconfigurationException(
-                "SharpnessAwareMinimization supports exactly one optimizer, "
-                f"configure_optimizers returned {len(optimizers)}."
-            )
-        (optimizer,) = optimizers
+        # automatic optimization has exactly one optimizer (Lightning refuses more)
+        (optimizer,) = trainer.strategy.optimizers
         if isinstance(optimizer, SAM):
             raise MisconfigurationException(
                 "The module's optimizer is already lightning_climate.optim.SAM: remove the "

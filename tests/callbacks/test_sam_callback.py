@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.plugins.precision import MixedPrecision
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from sam_helpers import ManualSAMNet, SaveParams, SmallNet
 from torch import Tensor, nn
@@ -244,3 +246,13 @@ def test_ddp_optimizer_sam_on_equals_single_process(
     tmp_path: Path, trainer_kwargs: dict[str, Any]
 ) -> None:
     run_ddp_vs_single(tmp_path, trainer_kwargs, None, sam={"rho": 1.0, "norm_only": True})
+
+
+@pytest.mark.parametrize("strategy", [FSDPStrategy, DeepSpeedStrategy])
+def test_sharded_strategies_refused(strategy: type) -> None:
+    # these strategies need a GPU to build a Trainer; setup only reads the attributes below
+    trainer = SimpleNamespace(
+        strategy=strategy.__new__(strategy), precision_plugin=None, accumulate_grad_batches=1
+    )
+    with pytest.raises(MisconfigurationException, match=f"does not support {strategy.__name__}"):
+        SharpnessAwareMinimization().setup(trainer, SmallNet(), "fit")  # type: ignore[arg-type]

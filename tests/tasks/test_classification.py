@@ -5,9 +5,10 @@ from typing import Any
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 from torch import nn
 
+from lightning_climate.callbacks import SharpnessAwareMinimization
 from lightning_climate.datamodules import DigitsDataModule
 from lightning_climate.tasks import ClassificationTask
 
@@ -101,3 +102,30 @@ def test_checkpoint_reloads_with_same_predictions(
     task.eval()
     reloaded.eval()
     torch.testing.assert_close(task(x), reloaded(x))
+
+
+class CheckMetricCounts(Callback):
+    """Asserts that train metrics saw each training sample once although SAM runs two passes."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.seen += len(batch["label"])
+        acc = pl_module.train_metrics["Accuracy"]
+        assert int(acc.tp + acc.fn) == self.seen
+
+
+def test_sam_updates_train_metrics_from_first_pass_only(trainer_kwargs: dict[str, Any]) -> None:
+    task = ClassificationTask(tiny_cnn(), optimizer=torch.optim.SGD)
+    check = CheckMetricCounts()
+    trainer = Trainer(
+        max_steps=3,
+        limit_val_batches=0,
+        callbacks=[SharpnessAwareMinimization(), check],
+        **trainer_kwargs,
+    )
+    trainer.fit(task, DigitsDataModule(batch_size=32))
+    assert check.seen == 96

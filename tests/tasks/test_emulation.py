@@ -156,7 +156,7 @@ def example_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("examples_data")
 
 
-@pytest.mark.parametrize("config", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("config", sorted(EXAMPLES.glob("climateset_*.yaml")), ids=lambda p: p.stem)
 def test_example_configs_run(
     config: Path, example_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -88,7 +88,8 @@ class OC20DataModule(BaseDataModule):
         ood_fraction: share of distinct adsorbate / catalyst element sets held out.
         rewiring: PhAST rewiring applied to every sample.
         disconnected: remove the adsorbate–catalyst edges (Carbonero et al.).
-        recompute_graph: build edges with :class:`RadiusGraphPBC` instead of the stored ones.
+        recompute_graph: build edges with :class:`RadiusGraphPBC` even where edges are stored
+            (entries without edges, such as S2EF frames, always get them).
         cutoff: radius (Å) of the graph and of super-node edges.
         max_neighbors: neighbours per centre when the graph is recomputed.
         target_mean: fixed energy mean (eV); ``None`` computes it on the training split.
@@ -153,14 +154,13 @@ class OC20DataModule(BaseDataModule):
         self.target_key = _TARGET[task]
         self.target_mean = target_mean
         self.target_std = target_std
-        steps: list[Any] = []
-        if recompute_graph:
-            steps.append(RadiusGraphPBC(cutoff, max_neighbors))
+        # builds edges for entries without stored ones (S2EF), or for all with recompute_graph
+        steps: list[Any] = [RadiusGraphPBC(cutoff, max_neighbors, overwrite=recompute_graph)]
         if rewiring != "none":
             steps.append(_REWIRINGS[rewiring](cutoff=cutoff) if rewiring != "remove_tag0" else RemoveTag0())
         if disconnected:
             steps.append(RemoveAdsorbateCatalystEdges())
-        self.transform = Compose(steps) if steps else None
+        self.transform = Compose(steps)
 
     @property
     def data_path(self) -> Path:

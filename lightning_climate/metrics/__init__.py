@@ -1,3 +1,17 @@
 """torchmetrics metrics that are exact under DDP."""
 
-__all__: list[str] = []
+from lightning_climate.metrics.catalyst import (
+    EnergyForceWithinThreshold,
+    EnergyMAE,
+    EnergyWithinThreshold,
+    ForceCosineSimilarity,
+    ForceMAE,
+)
+
+__all__ = [
+    "EnergyForceWithinThreshold",
+    "EnergyMAE",
+    "EnergyWithinThreshold",
+    "ForceCosineSimilarity",
+    "ForceMAE",
+]

@@ -1,3 +1,8 @@
 """Model architectures (plain torch.nn.Modules)."""
 
-__all__: list[str] = []
+from lightning_climate.models.catalyst import CatalystModel
+from lightning_climate.models.embedding import PhysEmbedding
+from lightning_climate.models.heads import EnergyHead, ForceHead
+from lightning_climate.models.schnet import SchNetBackbone
+
+__all__ = ["CatalystModel", "EnergyHead", "ForceHead", "PhysEmbedding", "SchNetBackbone"]

@@ -26,6 +26,7 @@ import bisect
 import io
 import os
 import pickle
+import struct
 import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -46,6 +47,7 @@ __all__ = [
     "OC20Data",
     "OC20LMDBDataset",
     "convert_oc20_lmdb",
+    "read_npz_batch",
     "write_oc20_lmdb",
 ]
 
@@ -59,6 +61,7 @@ _FORMAT_KEY = b"__lightning_climate_format__"
 _FORMAT = b"oc20-npz-v1"
 _LENGTH_KEY = b"length"
 _MAX_Z = 118
+_LMDB_MAGIC = 0xBEEFC0DE
 # Positions further than this (in cell fractions) outside [0, 1) are almost surely a unit or
 # cell error rather than an atom that drifted across a periodic boundary.
 _CELL_TOLERANCE = 0.5
@@ -77,13 +80,52 @@ class OC20Data(Data):
         return super().__inc__(key, value, *args, **kwargs)
 
 
-def _open_env(path: Path, readonly: bool = True) -> Any:
+def _check_lmdb_size(path: Path) -> None:
+    """Refuse a truncated LMDB file before mapping it (reading past its end kills the process).
+
+    The two meta pages of an LMDB file record its page size and last used page; the file must
+    reach the end of that page.
+    """
+    fix = "download it again or regenerate it (lightning_climate.datasets.oc20_generate)"
+    with open(path, "rb") as handle:
+        head = handle.read(2 * 65536)
+    size = path.stat().st_size
+    if len(head) < 160 or struct.unpack_from("<I", head, 16)[0] != _LMDB_MAGIC:
+        raise RuntimeError(f"{path} is not an LMDB file (bad header); {fix}.")
+    page = struct.unpack_from("<I", head, 40)[0]
+    metas = [struct.unpack_from("<QQ", head, offset + 136) for offset in (0, page)]
+    if page < 512 or len(head) < page + 160:
+        raise RuntimeError(f"{path} is truncated or corrupted (no second meta page); {fix}.")
+    last_page, _ = max(metas, key=lambda meta: meta[1])
+    if size < (last_page + 1) * page:
+        raise RuntimeError(
+            f"{path} is truncated: {size} bytes where its header announces "
+            f"{(last_page + 1) * page}; {fix}."
+        )
+
+
+# py-lmdb refuses to open one file twice in a process, so environments are shared per process
+# (keyed by inode and mtime, so a file replaced by a new version is opened afresh).
+_ENVS: dict[tuple[int, str, int, int], Any] = {}
+
+
+def _open_env(path: Path) -> Any:
+    """The process's read-only environment of ``path``, opened on first use."""
+    stat = path.stat()
+    key = (os.getpid(), str(path.resolve()), stat.st_ino, stat.st_mtime_ns)
+    if key not in _ENVS:
+        _ENVS[key] = _open_new_env(path)
+    return _ENVS[key]
+
+
+def _open_new_env(path: Path) -> Any:
     lmdb = lazy_import("lmdb")
+    _check_lmdb_size(path)
     try:
         return lmdb.open(
             str(path),
             subdir=False,
-            readonly=readonly,
+            readonly=True,
             lock=False,
             readahead=False,
             meminit=False,
@@ -236,8 +278,8 @@ def entry_to_data(
 class OC20LMDBDataset(Dataset[OC20Data]):
     """OC20 systems read lazily from one LMDB file (IS2RE) or a directory of shards (S2EF).
 
-    LMDB environments are opened on first access in each process, so the dataset can be handed
-    to DataLoader worker processes.
+    LMDB environments are opened on first access in each process (and shared by every dataset of
+    that process), so the dataset can be handed to DataLoader worker processes.
 
     Args:
         path: an ``.lmdb`` file or a directory of ``*.lmdb`` shards.
@@ -276,30 +318,14 @@ class OC20LMDBDataset(Dataset[OC20Data]):
         self.required = tuple(required)
         self.transform = transform
         self.check_cell = check_cell
-        self._envs: list[Any] | None = None
-        self._pid = -1
-        lengths = []
-        for file in self.files:
-            env = _open_env(file)
-            try:
-                lengths.append(_length(env, file))
-            finally:
-                env.close()
+        lengths = [_length(_open_env(file), file) for file in self.files]
         self._offsets = np.cumsum([0, *lengths]).tolist()
 
     def __len__(self) -> int:
         return int(self._offsets[-1])
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_envs"] = None  # environments are per process
-        return state
-
     def _env(self, shard: int) -> Any:
-        if self._envs is None or self._pid != os.getpid():
-            self._envs = [_open_env(f) for f in self.files]
-            self._pid = os.getpid()
-        return self._envs[shard]
+        return _open_env(self.files[shard])
 
     def raw(self, index: int) -> dict[str, Any]:
         """The decoded fields of entry ``index`` before validation (used by the converter)."""
@@ -434,3 +460,41 @@ def convert_oc20_lmdb(
         write_oc20_lmdb(target, entries, format="npz", progress=progress)
         written.append(target)
     return written
+
+
+def read_npz_batch(path: str | os.PathLike[str]) -> list[dict[str, np.ndarray]]:
+    """Split a collated, pickle-free OC20 batch (``.npz``) into one entry dict per system.
+
+    The layout is that of ``shared/oc20_sample/is2re_bs3.npz``: per-atom and per-edge arrays
+    concatenated over graphs, ``ptr``/``edge_ptr`` offsets, global ``edge_index``, and per-graph
+    arrays (``cell`` (B, 3, 3), ``sid``, ``y_init``, ``y_relaxed``, ...). The entries can be
+    written with :func:`write_oc20_lmdb` or turned into samples by :class:`OC20LMDBDataset`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no collated OC20 batch at {path}; check the path.")
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    for key in ("ptr", "pos", "atomic_numbers", "cell"):
+        if key not in arrays:
+            raise KeyError(f"{path} lacks `{key}`; it is not a collated OC20 batch.")
+    ptr, edge_ptr = arrays["ptr"], arrays.get("edge_ptr")
+    num_atoms = int(ptr[-1])
+    num_edges = int(edge_ptr[-1]) if edge_ptr is not None else -1
+    entries = []
+    for g in range(len(ptr) - 1):
+        a, b = int(ptr[g]), int(ptr[g + 1])
+        entry: dict[str, np.ndarray] = {}
+        for key, value in arrays.items():
+            if key in ("ptr", "edge_ptr", "neighbors"):
+                continue
+            if key == "edge_index" and edge_ptr is not None:
+                entry[key] = value[:, edge_ptr[g] : edge_ptr[g + 1]] - a
+            elif edge_ptr is not None and value.ndim >= 1 and value.shape[0] == num_edges:
+                entry[key] = value[edge_ptr[g] : edge_ptr[g + 1]]
+            elif value.ndim >= 1 and value.shape[0] == num_atoms:
+                entry[key] = value[a:b]
+            else:
+                entry[key] = value[g]
+        entries.append(entry)
+    return entries

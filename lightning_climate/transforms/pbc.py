@@ -50,7 +50,7 @@ def edge_vectors(
         batch: (N,) graph of each atom.
     """
     j, i = edge_index
-    shift = torch.einsum("ek,ekl->el", cell_offsets.to(pos.dtype), cell.to(pos.dtype)[batch[i]])
+    shift = (cell_offsets.to(pos.dtype).unsqueeze(-1) * cell.to(pos.dtype)[batch[i]]).sum(1)
     vec = pos[j] + shift - pos[i]
     return vec, vec.norm(dim=-1)
 

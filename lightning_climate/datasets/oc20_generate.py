@@ -54,12 +54,17 @@ _MAX_ABS_ENERGY = 10.0
 
 
 def _relax(atoms: Any, fmax: float, steps: int) -> list[tuple[np.ndarray, float, np.ndarray]]:
-    """Relax ``atoms`` in place with BFGS; return (positions, energy, forces) of every frame."""
+    """Relax ``atoms`` in place with BFGS; return (positions, energy, forces) of every frame.
+
+    Forces are those of every atom, fixed ones included, as OC20 stores them.
+    """
     optimize = lazy_import("ase.optimize")
     frames = []
     optimizer = optimize.BFGS(atoms, logfile=None)
     for _ in optimizer.irun(fmax=fmax, steps=steps):
-        frames.append((atoms.get_positions(), atoms.get_potential_energy(), atoms.get_forces()))
+        frames.append(
+            (atoms.get_positions(), atoms.get_potential_energy(), atoms.get_forces(apply_constraint=False))
+        )
     return frames
 
 

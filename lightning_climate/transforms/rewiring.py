@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Batch, Data
 from torch_geometric.transforms import BaseTransform
+from torch_geometric.utils import scatter
 
 from lightning_climate.transforms.pbc import graph_ptr
 
@@ -132,10 +133,9 @@ class _Supernodes(BaseTransform):
         sub_index = sub.nonzero().flatten()
 
         def pooled(values: Tensor, reduce: str) -> Tensor:
-            out = values.new_zeros((num_groups, *values.shape[1:]))
-            return out.index_reduce_(0, member_group, values[sub_index], reduce, include_self=False)
+            return scatter(values[sub_index], member_group, dim=0, dim_size=num_groups, reduce=reduce)
 
-        sn_pos = torch.cat([pooled(data.pos[:, :2], "mean"), pooled(data.pos[:, 2:], "amax")], 1)
+        sn_pos = torch.cat([pooled(data.pos[:, :2], "mean"), pooled(data.pos[:, 2:], "max")], 1)
         supernode: dict[str, Tensor] = {
             "pos": sn_pos,
             "atomic_numbers": (

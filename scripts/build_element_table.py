@@ -38,6 +38,7 @@ _AMU_PER_A3_TO_G_PER_CM3 = 1.66053906660
 
 
 def period_group(z: int) -> tuple[int, int]:
+    """Period and group of element ``z`` (f-block elements get group 19, as in PhAST)."""
     period = next(p for p, end in enumerate(_PERIOD_ENDS, start=1) if z <= end)
     start = (0, *_PERIOD_ENDS)[period - 1]
     position = z - start
@@ -56,6 +57,7 @@ def period_group(z: int) -> tuple[int, int]:
 
 
 def atomic_volume(z: int) -> float:
+    """Volume per atom (Å³) of ASE's reference crystal of ``z``, NaN for other structures."""
     state = reference_states[z]
     if not state or "a" not in state:
         return math.nan
@@ -74,9 +76,19 @@ def _get(table: object, z: int) -> float:
 
 
 def main() -> None:
+    """Write the table next to the model code."""
     columns = [
-        "Z", "symbol", "period", "group", "atomic_mass", "covalent_radius", "vdw_radius",
-        "vdw_radius_alvarez", "magnetic_moment", "atomic_volume", "density",
+        "Z",
+        "symbol",
+        "period",
+        "group",
+        "atomic_mass",
+        "covalent_radius",
+        "vdw_radius",
+        "vdw_radius_alvarez",
+        "magnetic_moment",
+        "atomic_volume",
+        "density",
     ]
     with atomic_path(OUT) as tmp, open(tmp, "w", newline="") as handle:
         handle.write(f"# built by scripts/build_element_table.py from ase {ase.__version__} data\n")
@@ -87,9 +99,17 @@ def main() -> None:
             volume = atomic_volume(z)
             density = atomic_masses[z] / volume * _AMU_PER_A3_TO_G_PER_CM3
             row = [
-                z, chemical_symbols[z], period, group, atomic_masses[z], covalent_radii[z],
-                _get(vdw_radii, z), _get(vdw_alvarez, z), _get(ground_state_magnetic_moments, z),
-                volume, density,
+                z,
+                chemical_symbols[z],
+                period,
+                group,
+                atomic_masses[z],
+                covalent_radii[z],
+                _get(vdw_radii, z),
+                _get(vdw_alvarez, z),
+                _get(ground_state_magnetic_moments, z),
+                volume,
+                density,
             ]
             writer.writerow(["" if isinstance(v, float) and math.isnan(v) else v for v in row])
     print(f"wrote {OUT}")

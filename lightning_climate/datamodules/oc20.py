@@ -54,7 +54,9 @@ _REWIRINGS = {
 _TARGET = {"is2re": "y_relaxed", "s2ef": "energy"}
 
 
-def _groups(dataset: OC20LMDBDataset) -> tuple[np.ndarray, list[frozenset[int]], list[frozenset[int]]]:
+def _groups(
+    dataset: OC20LMDBDataset,
+) -> tuple[np.ndarray, list[frozenset[int]], list[frozenset[int]]]:
     """Per entry: its system id, adsorbate element set and catalyst element set."""
     sids, ads, cat = [], [], []
     for i in range(len(dataset)):
@@ -87,7 +89,7 @@ class OC20DataModule(BaseDataModule):
         test_fraction: share of in-domain systems for ``test_id`` (generated mode).
         ood_fraction: share of distinct adsorbate / catalyst element sets held out.
         rewiring: PhAST rewiring applied to every sample.
-        disconnected: remove the adsorbate–catalyst edges (Carbonero et al.).
+        disconnected: remove the adsorbate-catalyst edges (Carbonero et al.).
         recompute_graph: build edges with :class:`RadiusGraphPBC` even where edges are stored
             (entries without edges, such as S2EF frames, always get them).
         cutoff: radius (Å) of the graph and of super-node edges.
@@ -130,7 +132,9 @@ class OC20DataModule(BaseDataModule):
         if task not in _TARGET:
             raise ValueError(f"task must be 'is2re' or 's2ef', got {task!r}.")
         if rewiring != "none" and rewiring not in _REWIRINGS:
-            raise ValueError(f"rewiring must be 'none' or one of {sorted(_REWIRINGS)}, got {rewiring!r}.")
+            raise ValueError(
+                f"rewiring must be 'none' or one of {sorted(_REWIRINGS)}, got {rewiring!r}."
+            )
         for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0 <= value < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {value}.")
@@ -157,7 +161,9 @@ class OC20DataModule(BaseDataModule):
         # builds edges for entries without stored ones (S2EF), or for all with recompute_graph
         steps: list[Any] = [RadiusGraphPBC(cutoff, max_neighbors, overwrite=recompute_graph)]
         if rewiring != "none":
-            steps.append(_REWIRINGS[rewiring](cutoff=cutoff) if rewiring != "remove_tag0" else RemoveTag0())
+            steps.append(
+                _REWIRINGS[rewiring](cutoff=cutoff) if rewiring != "remove_tag0" else RemoveTag0()
+            )
         if disconnected:
             steps.append(RemoveAdsorbateCatalystEdges())
         self.transform = Compose(steps)
@@ -185,7 +191,7 @@ class OC20DataModule(BaseDataModule):
 
         def held_out(sets: Sequence[frozenset[int]]) -> set[frozenset[int]]:
             distinct = sorted(set(sets), key=sorted)
-            count = int(round(self.ood_fraction * len(distinct)))
+            count = round(self.ood_fraction * len(distinct))
             chosen = rng.choice(len(distinct), size=count, replace=False) if count else []
             return {distinct[k] for k in chosen}
 
@@ -197,8 +203,8 @@ class OC20DataModule(BaseDataModule):
         # in-domain: split by system id so frames of one relaxation stay together
         systems = np.unique(sids[pools["id"]])
         rng.shuffle(systems)
-        n_val = int(round(self.val_fraction * len(systems)))
-        n_test = int(round(self.test_fraction * len(systems)))
+        n_val = round(self.val_fraction * len(systems))
+        n_test = round(self.test_fraction * len(systems))
         val_sys, test_sys = set(systems[:n_val]), set(systems[n_val : n_val + n_test])
         split = {"train": [], "val_id": [], "test_id": []}
         for i in pools["id"]:

@@ -170,7 +170,7 @@ def _decode(payload: bytes, where: str, allow_pickle: bool) -> dict[str, Any]:
             "truncated or not an OC20 LMDB. Download it again."
         ) from err
     if not isinstance(obj, Data):
-        raise RuntimeError(f"{where} holds a {type(obj).__name__}, not a PyG Data object.")
+        raise TypeError(f"{where} holds a {type(obj).__name__}, not a PyG Data object.")
     # PyG 1.x pickles restore their fields straight into __dict__, without a `_store`.
     fields = obj.__dict__ if "_store" not in obj.__dict__ else obj.to_dict()
     return {k: v for k, v in fields.items() if v is not None and not k.startswith("_")}
@@ -203,7 +203,9 @@ def entry_to_data(
             "file with these fields, or choose a task/target that does not need them."
         )
     pos = _as_tensor(fields["pos"]).to(torch.float32)
-    _check(pos.ndim == 2 and pos.shape[1] == 3, where, f"pos has shape {tuple(pos.shape)}, not (N, 3)")
+    _check(
+        pos.ndim == 2 and pos.shape[1] == 3, where, f"pos has shape {tuple(pos.shape)}, not (N, 3)"
+    )
     n = pos.shape[0]
     z_raw = _as_tensor(fields["atomic_numbers"]).reshape(-1)
     z = z_raw.round().long()
@@ -261,13 +263,14 @@ def entry_to_data(
         distances = _as_tensor(fields["distances"]).to(torch.float32).reshape(-1)
         num_edges = edge_index.shape[1] if edge_index.ndim == 2 else -1
         _check(
-            edge_index.shape[0] == 2 and offsets.shape == (num_edges, 3)
+            edge_index.shape[0] == 2
+            and offsets.shape == (num_edges, 3)
             and distances.numel() == num_edges,
             where,
             "edge_index (2, E), cell_offsets (E, 3) and distances (E,) disagree in shape",
         )
         _check(
-            num_edges == 0 or int(edge_index.max()) < n and int(edge_index.min()) >= 0,
+            num_edges == 0 or (int(edge_index.max()) < n and int(edge_index.min()) >= 0),
             where,
             f"edge_index refers to atoms outside 0..{n - 1}",
         )
@@ -366,7 +369,9 @@ def _length(env: Any, path: Path) -> int:
         # Upstream writes a pickled int; the restricted unpickler resolves no class for it.
         value = load_oc20_pickle(stored)
         if not isinstance(value, int):
-            raise RuntimeError(f"the `length` key of {path} is not an integer; the file is corrupt.")
+            raise RuntimeError(
+                f"the `length` key of {path} is not an integer; the file is corrupt."
+            )
         return value
     return entries - (fmt is not None)
 
@@ -389,7 +394,7 @@ def _to_pickle_entry(entry: Mapping[str, Any]) -> Data:
 def write_oc20_lmdb(
     path: str | os.PathLike[str],
     entries: Iterable[Mapping[str, Any]],
-    format: Literal["npz", "pickle"] = "npz",  # noqa: A002 - the user-facing name of the choice
+    format: Literal["npz", "pickle"] = "npz",
     progress: bool = False,
 ) -> int:
     """Write OC20 entries (dicts of arrays) to one LMDB file, atomically.

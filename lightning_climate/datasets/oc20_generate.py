@@ -63,7 +63,11 @@ def _relax(atoms: Any, fmax: float, steps: int) -> list[tuple[np.ndarray, float,
     optimizer = optimize.BFGS(atoms, logfile=None)
     for _ in optimizer.irun(fmax=fmax, steps=steps):
         frames.append(
-            (atoms.get_positions(), atoms.get_potential_energy(), atoms.get_forces(apply_constraint=False))
+            (
+                atoms.get_positions(),
+                atoms.get_potential_energy(),
+                atoms.get_forces(apply_constraint=False),
+            )
         )
     return frames
 
@@ -83,7 +87,9 @@ def _gas_references() -> dict[str, float]:
 
 def _slab(metal: str, facet: str, size: Sequence[int], vacuum: float) -> Any:
     build = lazy_import("ase.build")
-    slab = (build.fcc111 if facet == "111" else build.fcc100)(metal, size=tuple(size), vacuum=vacuum)
+    slab = (build.fcc111 if facet == "111" else build.fcc100)(
+        metal, size=tuple(size), vacuum=vacuum
+    )
     slab.pbc = True  # OC20 treats the vacuum direction as periodic too
     return slab
 
@@ -104,7 +110,11 @@ def _system(
     fmax: float,
     steps: int,
 ) -> tuple[dict[str, Any], list[tuple[np.ndarray, float, np.ndarray]]]:
-    build, emt, ase = lazy_import("ase.build"), lazy_import("ase.calculators.emt"), lazy_import("ase")
+    build, emt, ase = (
+        lazy_import("ase.build"),
+        lazy_import("ase.calculators.emt"),
+        lazy_import("ase"),
+    )
     metal = str(rng.choice(metals))
     facet = str(rng.choice(("111", "100")))
     name = str(rng.choice(adsorbates))
@@ -162,7 +172,7 @@ def generate_oc20(
     vacuum: float = 7.0,
     fmax: float = 0.05,
     steps: int = 100,
-    format: Literal["npz", "pickle"] = "npz",  # noqa: A002 - mirrors write_oc20_lmdb
+    format: Literal["npz", "pickle"] = "npz",
     s2ef: bool = True,
     progress: bool = True,
 ) -> dict[str, Path]:
@@ -256,7 +266,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-s2ef", action="store_true", help="skip the S2EF frames")
     args = parser.parse_args(argv)
     written = generate_oc20(
-        args.out, args.num_systems, args.seed, size=args.size, format=args.format, s2ef=not args.no_s2ef
+        args.out,
+        args.num_systems,
+        args.seed,
+        size=args.size,
+        format=args.format,
+        s2ef=not args.no_s2ef,
     )
     for task, path in written.items():
         print(f"{task}: {path}")

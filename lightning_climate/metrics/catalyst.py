@@ -29,10 +29,14 @@ __all__ = [
 
 def _check_same(pred: Tensor, target: Tensor, name: str) -> None:
     if pred.shape != target.shape:
-        raise ValueError(f"{name}: prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ.")
+        raise ValueError(
+            f"{name}: prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ."
+        )
 
 
-def _free(force_pred: Tensor, force_target: Tensor, force_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+def _free(
+    force_pred: Tensor, force_target: Tensor, force_mask: Tensor | None
+) -> tuple[Tensor, Tensor]:
     _check_same(force_pred, force_target, "forces")
     if force_pred.ndim != 2 or force_pred.shape[1] != 3:
         raise ValueError(f"forces must be (N, 3), got {tuple(force_pred.shape)}.")
@@ -50,7 +54,9 @@ class EnergyMAE(Metric):
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)
-        self.add_state("sum_abs_error", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state(
+            "sum_abs_error", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum"
+        )
         self.add_state("total", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, energy_pred: Tensor, energy_target: Tensor) -> None:
@@ -103,10 +109,14 @@ class ForceMAE(Metric):
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)
-        self.add_state("sum_abs_error", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state(
+            "sum_abs_error", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum"
+        )
         self.add_state("total", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, force_pred: Tensor, force_target: Tensor, force_mask: Tensor | None = None) -> None:
+    def update(
+        self, force_pred: Tensor, force_target: Tensor, force_mask: Tensor | None = None
+    ) -> None:
         """Accumulate the component errors of the free atoms of a batch."""
         pred, target = _free(force_pred, force_target, force_mask)
         self.sum_abs_error += (pred.detach() - target).abs().sum().double()
@@ -129,7 +139,9 @@ class ForceCosineSimilarity(Metric):
         self.add_state("sum_cosine", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("total", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, force_pred: Tensor, force_target: Tensor, force_mask: Tensor | None = None) -> None:
+    def update(
+        self, force_pred: Tensor, force_target: Tensor, force_mask: Tensor | None = None
+    ) -> None:
         """Accumulate the per-atom cosines of the free atoms of a batch."""
         pred, target = _free(force_pred, force_target, force_mask)
         cosine = torch.nn.functional.cosine_similarity(pred.detach(), target, dim=-1)
@@ -153,7 +165,9 @@ class EnergyForceWithinThreshold(Metric):
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self, energy_threshold: float = 0.02, force_threshold: float = 0.03, **kwargs: object) -> None:
+    def __init__(
+        self, energy_threshold: float = 0.02, force_threshold: float = 0.03, **kwargs: object
+    ) -> None:
         super().__init__(**kwargs)
         if energy_threshold <= 0 or force_threshold <= 0:
             raise ValueError("energy_threshold and force_threshold must be positive.")

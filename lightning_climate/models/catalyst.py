@@ -1,6 +1,6 @@
-"""Catalyst–adsorbate energy (and force) models: a backbone plus PhAST heads.
+"""Catalyst-adsorbate energy (and force) models: a backbone plus PhAST heads.
 
-``ads_cat`` selects the catalyst–adsorbate variants of Carbonero et al. (2023); the disconnected
+``ads_cat`` selects the catalyst-adsorbate variants of Carbonero et al. (2023); the disconnected
 graph itself is a data transform (``RemoveAdsorbateCatalystEdges``), these are the model sides:
 
 - ``none``: one backbone, one energy head;
@@ -106,21 +106,25 @@ class CatalystModel(nn.Module):
     ) -> None:
         super().__init__()
         if force_head not in ("none", "gradient", "direct", "mixed"):
-            raise ValueError(f"force_head must be none, gradient, direct or mixed, got {force_head!r}.")
+            raise ValueError(
+                f"force_head must be none, gradient, direct or mixed, got {force_head!r}."
+            )
         if ads_cat not in ("none", "separate_pooling", "independent", "attention"):
             raise ValueError(
                 f"ads_cat must be none, separate_pooling, independent or attention, got {ads_cat!r}."
             )
         if ads_cat != "none" and force_head != "none":
             raise ValueError(
-                "the catalyst–adsorbate variants predict relaxed energies (IS2RE) only; use "
+                "the catalyst-adsorbate variants predict relaxed energies (IS2RE) only; use "
                 "force_head='none' with them, or ads_cat='none' for S2EF."
             )
         self.force_head = force_head
         self.ads_cat = ads_cat
 
         def backbone(width: int, gaussians: int, filters: int) -> SchNetBackbone:
-            return SchNetBackbone(width, filters, num_interactions, gaussians, cutoff, phast_embedding)
+            return SchNetBackbone(
+                width, filters, num_interactions, gaussians, cutoff, phast_embedding
+            )
 
         self.backbone = backbone(hidden_channels, num_gaussians, num_filters)
         self.energy: nn.Module
@@ -130,16 +134,32 @@ class CatalystModel(nn.Module):
             ads_width = hidden_channels
             if ads_cat in ("independent", "attention"):
                 ads_width = max(hidden_channels // 2, 2)
-                self.ads_backbone = backbone(ads_width, max(num_gaussians // 2, 2), max(num_filters // 2, 2))
+                self.ads_backbone = backbone(
+                    ads_width, max(num_gaussians // 2, 2), max(num_filters // 2, 2)
+                )
             self.energy = _PartEnergy(ads_width, hidden_channels, hidden_channels)
         if ads_cat == "attention":
             self.height_rbf = GaussianSmearing(0.0, 20.0, num_gaussians)
             self.to_ads = nn.ModuleList(
-                GATv2Conv((hidden_channels, ads_width), ads_width, heads=3, concat=False, edge_dim=num_gaussians, add_self_loops=False)
+                GATv2Conv(
+                    (hidden_channels, ads_width),
+                    ads_width,
+                    heads=3,
+                    concat=False,
+                    edge_dim=num_gaussians,
+                    add_self_loops=False,
+                )
                 for _ in range(num_interactions)
             )
             self.to_cat = nn.ModuleList(
-                GATv2Conv((ads_width, hidden_channels), hidden_channels, heads=3, concat=False, edge_dim=num_gaussians, add_self_loops=False)
+                GATv2Conv(
+                    (ads_width, hidden_channels),
+                    hidden_channels,
+                    heads=3,
+                    concat=False,
+                    edge_dim=num_gaussians,
+                    add_self_loops=False,
+                )
                 for _ in range(num_interactions)
             )
         self.forces = ForceHead(hidden_channels) if force_head in ("direct", "mixed") else None
@@ -173,7 +193,9 @@ class CatalystModel(nn.Module):
         is_ads = graph.tags == _ADSORBATE_TAG
         if self.ads_cat == "separate_pooling":
             _, h = self.backbone(graph)
-            return self.energy(h[is_ads], graph.batch[is_ads], h[~is_ads], graph.batch[~is_ads], graph.num_graphs)
+            return self.energy(
+                h[is_ads], graph.batch[is_ads], h[~is_ads], graph.batch[~is_ads], graph.num_graphs
+            )
         ads, cat = graph.subgraph(is_ads), graph.subgraph(~is_ads)
         if self.ads_cat == "independent":
             _, h_ads = self.ads_backbone(ads)

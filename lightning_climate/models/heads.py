@@ -54,7 +54,9 @@ class EnergyHead(nn.Module):
             )
         self.kind = kind
         self.atom_energy = _mlp(hidden_channels, 1)
-        weight_in = (initial_channels or hidden_channels) if kind == "weighted_initial" else hidden_channels
+        weight_in = (
+            (initial_channels or hidden_channels) if kind == "weighted_initial" else hidden_channels
+        )
         self.weight = nn.Linear(weight_in, 1) if kind.startswith("weighted") else None
 
     def forward(self, h: Tensor, h_initial: Tensor, batch: Tensor, num_graphs: int) -> Tensor:

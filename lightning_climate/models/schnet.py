@@ -40,7 +40,9 @@ class Graph:
     @classmethod
     def from_data(cls, data: Data, pos: Tensor | None = None) -> Graph:
         """Read a ``Data``/``Batch``; ``pos`` replaces ``data.pos`` (e.g. one requiring grad)."""
-        missing = [k for k in ("edge_index", "cell_offsets", "cell") if getattr(data, k, None) is None]
+        missing = [
+            k for k in ("edge_index", "cell_offsets", "cell") if getattr(data, k, None) is None
+        ]
         if missing:
             raise KeyError(
                 f"the graph lacks {missing}; use OC20 files with edges or add RadiusGraphPBC "
@@ -80,7 +82,9 @@ class Graph:
 
 
 def _no_radius_graph(pos: Tensor, batch: Tensor) -> tuple[Tensor, Tensor]:
-    raise RuntimeError("SchNetBackbone supplies its own periodic edges; do not call SchNet.forward.")
+    raise RuntimeError(
+        "SchNetBackbone supplies its own periodic edges; do not call SchNet.forward."
+    )
 
 
 class SchNetBackbone(nn.Module):
@@ -130,7 +134,9 @@ class SchNetBackbone(nn.Module):
 
     def edge_features(self, graph: Graph) -> tuple[Tensor, Tensor]:
         """Periodic, differentiable edge lengths and their Gaussian expansion."""
-        _, dist = edge_vectors(graph.pos, graph.cell, graph.edge_index, graph.cell_offsets, graph.batch)
+        _, dist = edge_vectors(
+            graph.pos, graph.cell, graph.edge_index, graph.cell_offsets, graph.batch
+        )
         return dist, self.schnet.distance_expansion(dist)
 
     def interact(self, k: int, h: Tensor, graph: Graph, dist: Tensor, rbf: Tensor) -> Tensor:

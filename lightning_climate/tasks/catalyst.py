@@ -15,6 +15,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 from torch_geometric.data import Data
 from torchmetrics import MetricCollection
@@ -52,7 +53,7 @@ class CatalystTask(BaseTask):
         phast_embedding: PhAST embeddings (Z, tag, period, group, physical properties).
         energy_head: ``sum``, ``mean``, ``weighted_initial`` or ``weighted_final``.
         force_head: ``none``, ``gradient``, ``direct`` or ``mixed`` (S2EF).
-        ads_cat: catalyst–adsorbate variant (``none``, ``separate_pooling``, ``independent``,
+        ads_cat: catalyst-adsorbate variant (``none``, ``separate_pooling``, ``independent``,
             ``attention``); pair with the datamodule's ``disconnected=True`` as in the paper.
         force_coefficient: weight of the force loss (S2EF).
         consistency_coefficient: weight of the mixed head's direct-vs-gradient loss.
@@ -114,7 +115,10 @@ class CatalystTask(BaseTask):
         self._loader_names: dict[str, list[str]] = {}
 
     def _metrics(self, prefix: str) -> MetricCollection:
-        metrics: dict[str, Any] = {"energy_mae": EnergyMAE(), "energy_ewt": EnergyWithinThreshold(0.02)}
+        metrics: dict[str, Any] = {
+            "energy_mae": EnergyMAE(),
+            "energy_ewt": EnergyWithinThreshold(0.02),
+        }
         if self.task == "s2ef":
             metrics |= {
                 "force_mae": ForceMAE(),
@@ -136,7 +140,7 @@ class CatalystTask(BaseTask):
         for split in ("val", "test"):
             try:
                 names = datamodule.dataloader_names(split)  # type: ignore[union-attr]
-            except Exception:  # no datamodule, or no such split: one loader named after the split
+            except (AttributeError, MisconfigurationException):  # no datamodule / no such split
                 names = [split]
             self._loader_names[split] = names
             for name in names:
@@ -168,9 +172,15 @@ class CatalystTask(BaseTask):
         values: dict[str, Tensor] = {"energy_pred": energy, "energy_target": target}
         if self.task == "s2ef":
             fixed = getattr(batch, "fixed", None)
-            free = ~fixed.bool() if fixed is not None else torch.ones_like(batch.tags, dtype=torch.bool)
+            free = (
+                ~fixed.bool()
+                if fixed is not None
+                else torch.ones_like(batch.tags, dtype=torch.bool)
+            )
             force_target = batch.force / self.target_std
-            loss = loss + self.force_coefficient * F.l1_loss(out["forces"][free], force_target[free])
+            loss = loss + self.force_coefficient * F.l1_loss(
+                out["forces"][free], force_target[free]
+            )
             if "forces_gradient" in out:
                 consistency = F.l1_loss(out["forces"][free], out["forces_gradient"][free].detach())
                 loss = loss + self.consistency_coefficient * consistency
@@ -209,7 +219,9 @@ class CatalystTask(BaseTask):
         """Loss and metrics of one test set."""
         self._eval_step("test", batch, dataloader_idx)
 
-    def predict_step(self, batch: Data, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+    def predict_step(
+        self, batch: Data, batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, Tensor]:
         """Energies (eV) with the dataset ``index`` of each system."""
         out = self(batch)
         return {"index": batch.index, **{k: v.detach() for k, v in out.items()}}

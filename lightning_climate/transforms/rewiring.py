@@ -1,4 +1,4 @@
-"""PhAST graph rewirings and the adsorbate–catalyst edge removal, as PyG transforms.
+"""PhAST graph rewirings and the adsorbate-catalyst edge removal, as PyG transforms.
 
 PhAST (Duval et al., JMLR 2024) shrinks OC20 graphs using the atom tags (0 sub-surface,
 1 surface, 2 adsorbate): drop the sub-surface atoms, or replace them by one super-node per graph,
@@ -133,7 +133,9 @@ class _Supernodes(BaseTransform):
         sub_index = sub.nonzero().flatten()
 
         def pooled(values: Tensor, reduce: str) -> Tensor:
-            return scatter(values[sub_index], member_group, dim=0, dim_size=num_groups, reduce=reduce)
+            return scatter(
+                values[sub_index], member_group, dim=0, dim_size=num_groups, reduce=reduce
+            )
 
         sn_pos = torch.cat([pooled(data.pos[:, :2], "mean"), pooled(data.pos[:, 2:], "max")], 1)
         supernode: dict[str, Tensor] = {
@@ -211,7 +213,7 @@ class RemoveAdsorbateCatalystEdges(BaseTransform):
     """
 
     def forward(self, data: Data) -> Data:
-        """Drop the adsorbate–catalyst edges of ``data``."""
+        """Drop the adsorbate-catalyst edges of ``data``."""
         _require(data, type(self).__name__)
         tj, ti = data.tags[data.edge_index]
         _keep_edges(data, (tj == ti) | ((tj != 2) & (ti != 2)))

@@ -27,8 +27,12 @@ def test_splits_are_disjoint_grouped_and_ood_by_element_sets(root: Path) -> None
     every = [i for v in splits.values() for i in v]
     assert sorted(every) == list(range(16))  # a partition of the systems
     dataset = dm.train_dataset.dataset
-    ads = {i: frozenset(dataset[i].atomic_numbers[dataset[i].tags == 2].tolist()) for i in range(16)}
-    cat = {i: frozenset(dataset[i].atomic_numbers[dataset[i].tags != 2].tolist()) for i in range(16)}
+    ads = {
+        i: frozenset(dataset[i].atomic_numbers[dataset[i].tags == 2].tolist()) for i in range(16)
+    }
+    cat = {
+        i: frozenset(dataset[i].atomic_numbers[dataset[i].tags != 2].tolist()) for i in range(16)
+    }
     seen_ads = {ads[i] for i in splits["train"]}
     seen_cat = {cat[i] for i in splits["train"]}
     for name in ("val_ood_ads", "test_ood_ads"):
@@ -47,13 +51,20 @@ def test_splits_are_disjoint_grouped_and_ood_by_element_sets(root: Path) -> None
 def test_target_statistics_come_from_the_training_split(root: Path) -> None:
     dm = OC20DataModule(root=str(root))
     dm.setup("fit")
-    targets = torch.tensor([dm.train_dataset[i].y_relaxed.item() for i in range(len(dm.train_dataset))])
+    targets = torch.tensor(
+        [dm.train_dataset[i].y_relaxed.item() for i in range(len(dm.train_dataset))]
+    )
     assert dm.target_mean == pytest.approx(targets.double().mean().item(), abs=1e-6)
     assert dm.target_std == pytest.approx(targets.double().std().item(), abs=1e-6)
-    fixed = OC20DataModule(root=str(root), target_mean=-1.525913953781128, target_std=2.279365062713623)
+    fixed = OC20DataModule(
+        root=str(root), target_mean=-1.525913953781128, target_std=2.279365062713623
+    )
     fixed.setup("fit")
     assert fixed.target_mean == -1.525913953781128
-    assert fixed.state_dict() == {"target_mean": -1.525913953781128, "target_std": 2.279365062713623}
+    assert fixed.state_dict() == {
+        "target_mean": -1.525913953781128,
+        "target_std": 2.279365062713623,
+    }
 
 
 def test_loaders_batch_pyg_graphs_with_index(root: Path) -> None:

@@ -118,7 +118,7 @@ class _Evil:
 def test_restricted_unpickler_refuses_code(tmp_path: Path) -> None:
     path = tmp_path / "evil.lmdb"
     _write_raw(path, {b"0": pickle.dumps(_Evil()), b"length": pickle.dumps(1)})
-    with pytest.raises(RuntimeError, match="refusing to unpickle posix.system|refusing to unpickle"):
+    with pytest.raises(RuntimeError, match=r"refusing to unpickle"):
         OC20LMDBDataset(path, allow_pickle=True)[0]
 
 
@@ -126,7 +126,9 @@ def test_converter_writes_pickle_free_copy(tmp_path: Path, entries) -> None:
     write_oc20_lmdb(tmp_path / "up.lmdb", entries, format="pickle")
     with pytest.raises(PermissionError, match="allow_pickle"):
         convert_oc20_lmdb(tmp_path / "up.lmdb", tmp_path / "ours.lmdb", progress=False)
-    (written,) = convert_oc20_lmdb(tmp_path / "up.lmdb", tmp_path / "ours.lmdb", allow_pickle=True, progress=False)
+    (written,) = convert_oc20_lmdb(
+        tmp_path / "up.lmdb", tmp_path / "ours.lmdb", allow_pickle=True, progress=False
+    )
     dataset = OC20LMDBDataset(written)  # no allow_pickle needed any more
     for i, entry in enumerate(entries):
         _same(dataset[i], entry)
@@ -134,7 +136,13 @@ def test_converter_writes_pickle_free_copy(tmp_path: Path, entries) -> None:
 
 def test_missing_length_key_counts_entries(tmp_path: Path, entries) -> None:
     path = tmp_path / "nolength.lmdb"
-    _write_raw(path, {str(i).encode(): pickle.dumps(Data(**{k: torch.as_tensor(v) for k, v in e.items()})) for i, e in enumerate(entries)})
+    _write_raw(
+        path,
+        {
+            str(i).encode(): pickle.dumps(Data(**{k: torch.as_tensor(v) for k, v in e.items()}))
+            for i, e in enumerate(entries)
+        },
+    )
     assert len(OC20LMDBDataset(path, allow_pickle=True)) == 3
 
 
@@ -148,9 +156,12 @@ def test_truncated_file_is_a_clear_error(tmp_path: Path, entries) -> None:
     write_oc20_lmdb(path, entries)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 3])
-    with pytest.raises(RuntimeError, match="corrupted or truncated|truncated|damaged"):
-        dataset = OC20LMDBDataset(path)
-        [dataset[i] for i in range(len(dataset))]
+    # reading a truncated LMDB through its memory map would kill the process (SIGBUS)
+    with pytest.raises(RuntimeError, match=r"data.lmdb is truncated: \d+ bytes where its header"):
+        OC20LMDBDataset(path)
+    path.write_bytes(b"garbage" * 100)
+    with pytest.raises(RuntimeError, match="is not an LMDB file"):
+        OC20LMDBDataset(path)
 
 
 def test_length_beyond_entries_names_the_entry(tmp_path: Path, entries) -> None:
@@ -160,7 +171,7 @@ def test_length_beyond_entries_names_the_entry(tmp_path: Path, entries) -> None:
     with env.begin(write=True) as txn:
         txn.put(b"length", pickle.dumps(2))
     env.close()
-    with pytest.raises(RuntimeError, match="entry 1 of .* is missing"):
+    with pytest.raises(RuntimeError, match=r"entry 1 of .* is missing"):
         OC20LMDBDataset(path, allow_pickle=True)[1]
 
 
@@ -169,7 +180,11 @@ def test_length_beyond_entries_names_the_entry(tmp_path: Path, entries) -> None:
     [
         (lambda e: e.pop("cell"), KeyError, r"entry 0 of .* lacks the field\(s\) \['cell'\]"),
         (lambda e: e.update(cell=np.zeros((1, 3, 3))), ValueError, "zero volume"),
-        (lambda e: e["atomic_numbers"].__setitem__(0, 150), ValueError, r"unknown element\(s\) \[150"),
+        (
+            lambda e: e["atomic_numbers"].__setitem__(0, 150),
+            ValueError,
+            r"unknown element\(s\) \[150",
+        ),
         (lambda e: e["pos"].__setitem__(0, [500.0, 0.0, 0.0]), ValueError, "outside the cell"),
         (lambda e: e.update(tags=e["tags"][:-1]), ValueError, "tags has 23 rows for 24 atoms"),
         (lambda e: e.pop("distances"), ValueError, "store all three or none"),

@@ -86,11 +86,17 @@ def test_gradient_forces_are_minus_the_energy_gradient() -> None:
 
 def test_energy_is_invariant_to_rotation_and_translation() -> None:
     torch.manual_seed(0)
-    model = CatalystModel(**SMALL, phast_embedding=True, energy_head="weighted_final").double().eval()
+    model = (
+        CatalystModel(**SMALL, phast_embedding=True, energy_head="weighted_final").double().eval()
+    )
     data = real_batch(double=True)
     angle = 0.7
     rot = torch.tensor(
-        [[math.cos(angle), -math.sin(angle), 0], [math.sin(angle), math.cos(angle), 0], [0, 0, 1.0]],
+        [
+            [math.cos(angle), -math.sin(angle), 0],
+            [math.sin(angle), math.cos(angle), 0],
+            [0, 0, 1.0],
+        ],
         dtype=torch.float64,
     )
     moved = data.clone()

@@ -18,12 +18,15 @@ from lightning_climate.transforms.pbc import edge_vectors
 SAMPLE = Path(__file__).parents[1] / "data" / "oc20" / "is2re_bs3.npz"
 
 
-def brute_force(pos: np.ndarray, cell: np.ndarray, cutoff: float) -> dict[tuple[int, int, int, int, int], float]:
+def brute_force(
+    pos: np.ndarray, cell: np.ndarray, cutoff: float
+) -> dict[tuple[int, int, int, int, int], float]:
     """Every (j, i, offset) pair within ``cutoff``, by enumerating enough periodic images."""
     volume = abs(np.linalg.det(cell))
     reps = [
         # +1: atoms may lie up to one cell outside [0, 1)
-        math.ceil(cutoff * np.linalg.norm(np.cross(cell[(k + 1) % 3], cell[(k + 2) % 3])) / volume) + 1
+        math.ceil(cutoff * np.linalg.norm(np.cross(cell[(k + 1) % 3], cell[(k + 2) % 3])) / volume)
+        + 1
         for k in range(3)
     ]
     pairs = {}
@@ -81,7 +84,9 @@ def test_skewed_small_cells_match_brute_force_and_ase(seed: int) -> None:
     assert set(ours) == set(ref)
     assert max(abs(ours[k] - ref[k]) for k in ref) < 1e-9
     i, j, shift, d = neighbor_list("ijSd", Atoms("H5", positions=pos, cell=cell, pbc=True), cutoff)
-    assert set(ours) == {(int(b), int(a), *map(int, s)) for a, b, s in zip(i, j, shift, strict=True)}
+    assert set(ours) == {
+        (int(b), int(a), *map(int, s)) for a, b, s in zip(i, j, shift, strict=True)
+    }
     assert len(ours) == len(d)
 
 
@@ -143,5 +148,7 @@ def test_zero_volume_and_bad_arguments() -> None:
 def test_non_periodic_axis_has_no_images() -> None:
     cell = torch.diag(torch.tensor([2.0, 2.0, 2.0]))
     pos = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
-    _, offsets, _ = radius_graph_pbc(pos, cell, torch.tensor([0, 2]), 3.0, None, pbc=(True, True, False))
+    _, offsets, _ = radius_graph_pbc(
+        pos, cell, torch.tensor([0, 2]), 3.0, None, pbc=(True, True, False)
+    )
     assert offsets.shape[0] > 0 and int(offsets[:, 2].abs().max()) == 0

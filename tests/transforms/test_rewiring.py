@@ -78,7 +78,7 @@ def test_supernode_properties() -> None:
     assert torch.equal(out.pos[:last], data.pos[~sub])
     # per element: super-nodes keep the atomic number of what they merge, in increasing Z
     typed = OneSupernodePerAtomType()(load()[0])
-    elements = sorted(set(data_z for data_z in load()[0].atomic_numbers[load()[0].tags == 0].tolist()))
+    elements = sorted(set(load()[0].atomic_numbers[load()[0].tags == 0].tolist()))
     assert typed.atomic_numbers[-len(elements) :].tolist() == elements
 
 

@@ -6,8 +6,9 @@ larger than the cell). On top of it we apply what OC20 models expect:
 
 - ``edge_index[0]`` is the neighbour ``j`` (source), ``edge_index[1]`` the centre ``i`` (target);
 - ``cell_offsets[e]`` is the integer image of ``j``: ``vec_e = pos[j] + cell_offsets[e] @ cell - pos[i]``;
-- each centre keeps its ``max_neighbors`` nearest neighbours (ties broken by neighbour index, then
-  offset, so the result is deterministic); the graph is therefore not symmetric;
+- each centre keeps its ``max_neighbors`` nearest neighbours (exact ties keep vesin's order, which
+  is deterministic); the graph is therefore not symmetric. Edges come sorted by centre, then
+  distance;
 - ``distances`` are recomputed in torch from ``pos`` and the offsets, so they carry gradients for
   forces computed as ``-dE/dpos``.
 """
@@ -50,21 +51,13 @@ def edge_vectors(
         batch: (N,) graph of each atom.
     """
     j, i = edge_index
-    shift = (cell_offsets.to(pos.dtype).unsqueeze(-1) * cell.to(pos.dtype)[batch[i]]).sum(1)
+    offsets, cell = cell_offsets.to(pos.dtype), cell.to(pos.dtype)
+    if cell.shape[0] == 1:  # one system: a single matrix product
+        shift = offsets @ cell[0]
+    else:
+        shift = (offsets.unsqueeze(-1) * cell[batch[i]]).sum(1)
     vec = pos[j] + shift - pos[i]
     return vec, vec.norm(dim=-1)
-
-
-def _nearest(centre: Tensor, dist: Tensor, keys: Sequence[Tensor], max_neighbors: int) -> Tensor:
-    """Permutation sorting by centre, then distance, then ``keys``, truncated per centre."""
-    order = torch.arange(centre.numel(), device=centre.device)
-    for key in (*reversed(keys), dist, centre):  # successive stable sorts = lexicographic order
-        order = order[torch.sort(key[order], stable=True).indices]
-    sorted_centre = centre[order]
-    counts = torch.bincount(sorted_centre, minlength=int(centre.max()) + 1 if centre.numel() else 0)
-    first = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(order.numel(), device=centre.device) - first[sorted_centre]
-    return order[rank < max_neighbors]
 
 
 def radius_graph_pbc(
@@ -102,7 +95,7 @@ def radius_graph_pbc(
         raise ValueError(f"got {cell.shape[0]} cells for {ptr.numel() - 1} systems.")
     periodic = torch.tensor(list(pbc), dtype=torch.bool)
     neighbor_list = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
-    edges, offsets = [], []
+    edges, offsets, lengths = [], [], []
     for g in range(cell.shape[0]):
         start, stop = int(ptr[g]), int(ptr[g + 1])
         box = cell[g].detach().to(torch.float64).cpu()
@@ -112,19 +105,31 @@ def radius_graph_pbc(
                 "three independent lattice vectors. Set the cell, or pbc=(False, False, False)."
             )
         points = pos[start:stop].detach().to(torch.float64).cpu()
-        i, j, shifts = neighbor_list.compute(points, box, periodic, "ijS")
+        i, j, shifts, dist = neighbor_list.compute(points, box, periodic, "ijSd")
         edges.append(torch.stack([j, i]) + start)
-        offsets.append(shifts.long())
-    edge_index = torch.cat(edges, dim=1).to(pos.device)
-    cell_offsets = torch.cat(offsets).to(pos.device)
-    batch = torch.repeat_interleave(torch.arange(cell.shape[0], device=pos.device), ptr.diff())
-    _, dist = edge_vectors(pos, cell.to(pos.device), edge_index, cell_offsets, batch)
-    keep = (dist <= cutoff) & (dist > 1e-4)
+        offsets.append(shifts)
+        lengths.append(dist)
+    edge_index, cell_offsets, dist = (
+        torch.cat(edges, 1),
+        torch.cat(offsets).long(),
+        torch.cat(lengths),
+    )
+    keep = dist > 1e-4  # coincident atoms (or an atom and its own image) are not neighbours
     edge_index, cell_offsets, dist = edge_index[:, keep], cell_offsets[keep], dist[keep]
-    limit = max_neighbors if max_neighbors is not None else edge_index.shape[1] + 1
-    keys = [edge_index[0], *cell_offsets.unbind(1)]
-    order = _nearest(edge_index[1], dist.detach(), keys, limit)
-    return edge_index[:, order], cell_offsets[order], dist[order]
+    # one sort by (centre, distance); ties keep vesin's (deterministic) order
+    order = torch.sort(edge_index[1].double() * (cutoff + 1.0) + dist, stable=True).indices
+    if max_neighbors is not None:
+        centre = edge_index[1, order]
+        counts = torch.bincount(centre, minlength=int(ptr[-1]))
+        rank = torch.arange(order.numel()) - (torch.cumsum(counts, 0) - counts)[centre]
+        order = order[rank < max_neighbors]
+    edge_index = edge_index[:, order].to(pos.device)
+    cell_offsets = cell_offsets[order].to(pos.device)
+    batch = torch.repeat_interleave(
+        torch.arange(cell.shape[0], device=pos.device), ptr.diff().to(pos.device)
+    )
+    _, dist = edge_vectors(pos, cell.to(pos.device), edge_index, cell_offsets, batch)
+    return edge_index, cell_offsets, dist
 
 
 class RadiusGraphPBC(BaseTransform):

@@ -18,6 +18,7 @@ graph itself is a data transform (``RemoveAdsorbateCatalystEdges``), these are t
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Literal
 
 import torch
@@ -28,6 +29,7 @@ from torch_geometric.nn import GATv2Conv
 from torch_geometric.nn.models.schnet import GaussianSmearing
 from torch_geometric.utils import scatter
 
+from lightning_climate.models.frame_averaging import frame_rotations
 from lightning_climate.models.heads import (
     EnergyHead,
     EnergyKind,
@@ -90,6 +92,10 @@ class CatalystModel(nn.Module):
         energy_head: ``sum``, ``mean``, ``weighted_initial`` or ``weighted_final``.
         force_head: ``none``, ``gradient``, ``direct`` or ``mixed``.
         ads_cat: ``none``, ``separate_pooling``, ``independent`` or ``attention``.
+        frame_averaging: ``none``, ``2D`` or ``3D``: a FAENet-style model whose filters also
+            see the raw edge vectors, made invariant by averaging over PCA frames (all frames in
+            evaluation, one random frame per graph in training).
+        fa_se3: use only the proper rotations among the frames.
     """
 
     def __init__(
@@ -103,6 +109,8 @@ class CatalystModel(nn.Module):
         energy_head: EnergyKind = "sum",
         force_head: ForceKind = "none",
         ads_cat: AdsCat = "none",
+        frame_averaging: Literal["none", "2D", "3D"] = "none",
+        fa_se3: bool = False,
     ) -> None:
         super().__init__()
         if force_head not in ("none", "gradient", "direct", "mixed"):
@@ -118,12 +126,19 @@ class CatalystModel(nn.Module):
                 "the catalyst-adsorbate variants predict relaxed energies (IS2RE) only; use "
                 "force_head='none' with them, or ads_cat='none' for S2EF."
             )
+        if frame_averaging not in ("none", "2D", "3D"):
+            raise ValueError(f"frame_averaging must be none, 2D or 3D, got {frame_averaging!r}.")
+        if frame_averaging != "none" and ads_cat != "none":
+            raise ValueError("frame averaging is implemented for ads_cat='none' only.")
         self.force_head = force_head
         self.ads_cat = ads_cat
+        self.frame_averaging = frame_averaging
+        self.fa_se3 = fa_se3
+        vector = frame_averaging != "none"
 
         def backbone(width: int, gaussians: int, filters: int) -> SchNetBackbone:
             return SchNetBackbone(
-                width, filters, num_interactions, gaussians, cutoff, phast_embedding
+                width, filters, num_interactions, gaussians, cutoff, phast_embedding, vector
             )
 
         self.backbone = backbone(hidden_channels, num_gaussians, num_filters)
@@ -177,16 +192,39 @@ class CatalystModel(nn.Module):
         with torch.set_grad_enabled(needs_grad or torch.is_grad_enabled()):
             graph = Graph.from_data(data, pos)
             out: dict[str, Tensor] = {}
-            if self.ads_cat == "none":
+            if self.frame_averaging != "none":
+                out |= self._frame_averaged(graph)
+            elif self.ads_cat == "none":
                 h0, h = self.backbone(graph)
                 out["energy"] = self.energy(h, h0, graph.batch, graph.num_graphs)
+                if self.forces is not None:
+                    out["forces"] = self.forces(h)
             else:
                 out["energy"] = self._two_part_energy(graph)
-            if self.forces is not None:
-                out["forces"] = self.forces(h)
             if needs_grad:
                 grad = gradient_forces(out["energy"], pos, create_graph=self.training)
                 out["forces" if self.force_head == "gradient" else "forces_gradient"] = grad
+        return out
+
+    def _frame_averaged(self, graph: Graph) -> dict[str, Tensor]:
+        frames, centroid = frame_rotations(
+            graph.pos.detach(), graph.batch, graph.num_graphs, self.frame_averaging, self.fa_se3
+        )
+        if self.training:  # stochastic frame averaging: one random frame per graph
+            pick = torch.randint(frames.shape[0], (graph.num_graphs,), device=frames.device)
+            frames = frames[pick, torch.arange(graph.num_graphs, device=frames.device)][None]
+        energies, forces = [], []
+        for axes in frames:
+            per_atom = axes[graph.batch]
+            pos = ((graph.pos - centroid[graph.batch]).unsqueeze(1) @ per_atom).squeeze(1)
+            framed = replace(graph, pos=pos, cell=graph.cell @ axes)
+            h0, h = self.backbone(framed)
+            energies.append(self.energy(h, h0, graph.batch, graph.num_graphs))
+            if self.forces is not None:  # predicted in the frame: rotate back with U^T
+                forces.append((self.forces(h).unsqueeze(1) @ per_atom.transpose(1, 2)).squeeze(1))
+        out = {"energy": torch.stack(energies).mean(0)}
+        if forces:
+            out["forces"] = torch.stack(forces).mean(0)
         return out
 
     def _two_part_energy(self, graph: Graph) -> Tensor:

@@ -98,6 +98,8 @@ class SchNetBackbone(nn.Module):
         cutoff: cosine cutoff radius (Å) of the filters.
         phast_embedding: use :class:`PhysEmbedding` (Z, tag, period, group, properties) projected
             to ``hidden_channels`` instead of SchNet's Z embedding.
+        vector_features: add a linear map of the raw edge vector to the filter input, as FAENet
+            does; the model is then no longer rotation invariant and needs frame averaging.
     """
 
     def __init__(
@@ -108,6 +110,7 @@ class SchNetBackbone(nn.Module):
         num_gaussians: int = 50,
         cutoff: float = 6.0,
         phast_embedding: bool = False,
+        vector_features: bool = False,
     ) -> None:
         super().__init__()
         self.schnet = SchNet(
@@ -119,6 +122,7 @@ class SchNetBackbone(nn.Module):
             interaction_graph=_no_radius_graph,
         )
         self.phys = PhysEmbedding(final_proj_size=hidden_channels) if phast_embedding else None
+        self.vector = nn.Linear(3, num_gaussians) if vector_features else None
         self.hidden_channels = hidden_channels
         self.num_layers = num_interactions
 
@@ -134,10 +138,13 @@ class SchNetBackbone(nn.Module):
 
     def edge_features(self, graph: Graph) -> tuple[Tensor, Tensor]:
         """Periodic, differentiable edge lengths and their Gaussian expansion."""
-        _, dist = edge_vectors(
+        vec, dist = edge_vectors(
             graph.pos, graph.cell, graph.edge_index, graph.cell_offsets, graph.batch
         )
-        return dist, self.schnet.distance_expansion(dist)
+        features = self.schnet.distance_expansion(dist)
+        if self.vector is not None:
+            features = features + self.vector(vec)
+        return dist, features
 
     def interact(self, k: int, h: Tensor, graph: Graph, dist: Tensor, rbf: Tensor) -> Tensor:
         """Apply interaction block ``k`` with its residual."""

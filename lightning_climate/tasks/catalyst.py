@@ -55,6 +55,9 @@ class CatalystTask(BaseTask):
         force_head: ``none``, ``gradient``, ``direct`` or ``mixed`` (S2EF).
         ads_cat: catalyst-adsorbate variant (``none``, ``separate_pooling``, ``independent``,
             ``attention``); pair with the datamodule's ``disconnected=True`` as in the paper.
+        frame_averaging: ``none``, ``2D`` or ``3D``: FAENet-style frame averaging of a model
+            that sees raw edge vectors (see :class:`CatalystModel`).
+        fa_se3: average over proper rotations only.
         force_coefficient: weight of the force loss (S2EF).
         consistency_coefficient: weight of the mixed head's direct-vs-gradient loss.
         target_mean: energy mean (eV) used until the datamodule provides training statistics.
@@ -76,6 +79,8 @@ class CatalystTask(BaseTask):
         energy_head: EnergyKind = "sum",
         force_head: ForceKind = "none",
         ads_cat: AdsCat = "none",
+        frame_averaging: Literal["none", "2D", "3D"] = "none",
+        fa_se3: bool = False,
         force_coefficient: float = 10.0,
         consistency_coefficient: float = 1.0,
         target_mean: float = OC20_IS2RE_MEAN,
@@ -107,6 +112,8 @@ class CatalystTask(BaseTask):
             energy_head,
             force_head if task == "s2ef" else "none",
             ads_cat,
+            frame_averaging,
+            fa_se3,
         )
         self.register_buffer("target_mean", torch.tensor(float(target_mean)))
         self.register_buffer("target_std", torch.tensor(float(target_std)))

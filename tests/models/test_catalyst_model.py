@@ -12,6 +12,7 @@ from lightning_climate.datasets.oc20 import entry_to_data, read_npz_batch
 from lightning_climate.models import CatalystModel, PhysEmbedding, SchNetBackbone
 from lightning_climate.models.catalyst import bipartite_edges
 from lightning_climate.models.embedding import element_properties
+from lightning_climate.models.frame_averaging import frame_rotations
 from lightning_climate.models.schnet import Graph
 from lightning_climate.transforms import RadiusGraphPBC, RemoveAdsorbateCatalystEdges
 
@@ -162,3 +163,46 @@ def test_heads_shapes_and_errors() -> None:
     del data.cell_offsets
     with pytest.raises(KeyError, match="RadiusGraphPBC"):
         CatalystModel(**SMALL)(data)
+
+
+@pytest.mark.parametrize(
+    ("mode", "se3", "count"), [("3D", False, 8), ("3D", True, 4), ("2D", False, 4), ("2D", True, 2)]
+)
+def test_frame_counts_and_orthogonality(mode: str, se3: bool, count: int) -> None:
+    data = real_batch(double=True)
+    frames, centroid = frame_rotations(data.pos, data.batch, 3, mode, se3)
+    assert frames.shape == (count, 3, 3, 3)
+    eye = torch.eye(3, dtype=torch.float64).expand(3, 3, 3)
+    assert torch.allclose(frames.transpose(-1, -2) @ frames, eye.expand_as(frames), atol=1e-10)
+    if se3:
+        assert torch.allclose(torch.linalg.det(frames), torch.ones(count, 3, dtype=torch.float64))
+    if mode == "2D":  # z is kept
+        assert torch.allclose(frames[..., 2, 2], torch.ones(count, 3, dtype=torch.float64))
+    assert torch.allclose(centroid[0], data.pos[:65].mean(0))
+
+
+@pytest.mark.parametrize("mode", ["2D", "3D"])
+def test_frame_averaging_makes_a_vector_model_invariant(mode: str) -> None:
+    torch.manual_seed(0)
+    data = real_batch(double=True)
+    angle = 0.9
+    rot = torch.tensor(
+        [
+            [math.cos(angle), -math.sin(angle), 0],
+            [math.sin(angle), math.cos(angle), 0],
+            [0, 0, 1.0],
+        ],
+        dtype=torch.float64,
+    )
+    moved = data.clone()
+    moved.pos, moved.cell = data.pos @ rot.T + 1.0, data.cell @ rot.T
+    averaged = CatalystModel(**SMALL, frame_averaging=mode, force_head="direct").double().eval()
+    a, b = averaged(data), averaged(moved)
+    assert torch.allclose(a["energy"], b["energy"], atol=1e-10)
+    assert torch.allclose(a["forces"] @ rot.T, b["forces"], atol=1e-10)  # equivariant forces
+    # the same model without averaging is not invariant (it sees raw edge vectors)
+    raw = CatalystModel(**SMALL).double().eval()
+    raw.backbone.vector = torch.nn.Linear(3, SMALL["num_gaussians"]).double()
+    assert not torch.allclose(raw(data)["energy"], raw(moved)["energy"], atol=1e-4)
+    with pytest.raises(ValueError, match="frame_averaging must be"):
+        CatalystModel(frame_averaging="4D")

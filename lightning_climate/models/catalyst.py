@@ -29,6 +29,7 @@ from torch_geometric.nn import GATv2Conv
 from torch_geometric.nn.models.schnet import GaussianSmearing
 from torch_geometric.utils import scatter
 
+from lightning_climate.models.dimenet import DimeNetPPBackbone
 from lightning_climate.models.frame_averaging import frame_rotations
 from lightning_climate.models.heads import (
     EnergyHead,
@@ -96,6 +97,8 @@ class CatalystModel(nn.Module):
             see the raw edge vectors, made invariant by averaging over PCA frames (all frames in
             evaluation, one random frame per graph in training).
         fa_se3: use only the proper rotations among the frames.
+        backbone: ``schnet`` or ``dimenet++`` (the latter with ``ads_cat='none'``, no frame
+            averaging; ``num_interactions`` is its number of blocks).
     """
 
     def __init__(
@@ -111,6 +114,7 @@ class CatalystModel(nn.Module):
         ads_cat: AdsCat = "none",
         frame_averaging: Literal["none", "2D", "3D"] = "none",
         fa_se3: bool = False,
+        backbone: Literal["schnet", "dimenet++"] = "schnet",
     ) -> None:
         super().__init__()
         if force_head not in ("none", "gradient", "direct", "mixed"):
@@ -135,13 +139,24 @@ class CatalystModel(nn.Module):
         self.frame_averaging = frame_averaging
         self.fa_se3 = fa_se3
         vector = frame_averaging != "none"
+        if backbone not in ("schnet", "dimenet++"):
+            raise ValueError(f"backbone must be schnet or dimenet++, got {backbone!r}.")
+        if backbone == "dimenet++" and (ads_cat != "none" or vector or phast_embedding):
+            raise ValueError(
+                "dimenet++ is available with ads_cat='none', frame_averaging='none' and "
+                "phast_embedding=False; use backbone='schnet' for those variants."
+            )
 
-        def backbone(width: int, gaussians: int, filters: int) -> SchNetBackbone:
+        def make_schnet(width: int, gaussians: int, filters: int) -> SchNetBackbone:
             return SchNetBackbone(
                 width, filters, num_interactions, gaussians, cutoff, phast_embedding, vector
             )
 
-        self.backbone = backbone(hidden_channels, num_gaussians, num_filters)
+        self.backbone: nn.Module
+        if backbone == "dimenet++":
+            self.backbone = DimeNetPPBackbone(hidden_channels, num_interactions, cutoff=cutoff)
+        else:
+            self.backbone = make_schnet(hidden_channels, num_gaussians, num_filters)
         self.energy: nn.Module
         if ads_cat == "none":
             self.energy = EnergyHead(hidden_channels, energy_head, hidden_channels)
@@ -149,7 +164,7 @@ class CatalystModel(nn.Module):
             ads_width = hidden_channels
             if ads_cat in ("independent", "attention"):
                 ads_width = max(hidden_channels // 2, 2)
-                self.ads_backbone = backbone(
+                self.ads_backbone = make_schnet(
                     ads_width, max(num_gaussians // 2, 2), max(num_filters // 2, 2)
                 )
             self.energy = _PartEnergy(ads_width, hidden_channels, hidden_channels)

@@ -58,6 +58,7 @@ class CatalystTask(BaseTask):
         frame_averaging: ``none``, ``2D`` or ``3D``: FAENet-style frame averaging of a model
             that sees raw edge vectors (see :class:`CatalystModel`).
         fa_se3: average over proper rotations only.
+        backbone: ``schnet`` or ``dimenet++`` (PyG blocks with our periodic triplets).
         force_coefficient: weight of the force loss (S2EF).
         consistency_coefficient: weight of the mixed head's direct-vs-gradient loss.
         target_mean: energy mean (eV) used until the datamodule provides training statistics.
@@ -81,6 +82,7 @@ class CatalystTask(BaseTask):
         ads_cat: AdsCat = "none",
         frame_averaging: Literal["none", "2D", "3D"] = "none",
         fa_se3: bool = False,
+        backbone: Literal["schnet", "dimenet++"] = "schnet",
         force_coefficient: float = 10.0,
         consistency_coefficient: float = 1.0,
         target_mean: float = OC20_IS2RE_MEAN,
@@ -114,6 +116,7 @@ class CatalystTask(BaseTask):
             ads_cat,
             frame_averaging,
             fa_se3,
+            backbone,
         )
         self.register_buffer("target_mean", torch.tensor(float(target_mean)))
         self.register_buffer("target_std", torch.tensor(float(target_std)))

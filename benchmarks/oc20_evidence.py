@@ -28,6 +28,8 @@ CONFIGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "2. + separate pooling": ({"disconnected": True}, {"ads_cat": "separate_pooling"}),
     "3. + independent backbones": ({"disconnected": True}, {"ads_cat": "independent"}),
     "4. + bipartite attention": ({"disconnected": True}, {"ads_cat": "attention"}),
+    "FAENet-style SchNet (2D frame averaging)": ({}, {"frame_averaging": "2D"}),
+    "DimeNet++": ({}, {"backbone": "dimenet++"}),
 }
 
 
@@ -58,10 +60,13 @@ def main() -> None:
     parser.add_argument("--num-systems", type=int, default=120)
     parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--only", nargs="*", help="run only the configs whose label starts so")
     args = parser.parse_args()
     rows = []
     names: list[str] = []
     for label, (data_kw, model_kw) in CONFIGS.items():
+        if args.only and not any(label.startswith(prefix) for prefix in args.only):
+            continue
         seed_everything(0)
         dm = OC20DataModule(root=args.root, num_systems=args.num_systems, batch_size=16, **data_kw)
         dm.prepare_data()

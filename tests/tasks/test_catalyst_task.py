@@ -175,3 +175,21 @@ def test_examples_run(
     assert {k: task.hparams[k] for k in hparams} == hparams
     assert task.target_mean.item() != pytest.approx(-1.525913953781128)  # from the generated data
     assert math.isfinite(loss) and loss > 0  # finite and positive L1 loss
+
+
+def test_frame_averaged_model_trains_and_evaluates_all_frames(
+    root: Path, trainer_kwargs: dict[str, Any]
+) -> None:
+    torch.manual_seed(0)
+    dm = OC20DataModule(root=str(root), batch_size=4)
+    task = CatalystTask(frame_averaging="3D", fa_se3=True, **SMALL)
+    Trainer(fast_dev_run=1, **trainer_kwargs).fit(task, dm)
+    batch = next(iter(dm.val_dataloader()[0]))
+    task.eval()
+    with torch.no_grad():
+        first, second = task(batch)["energy"], task(batch)["energy"]
+    assert torch.equal(first, second)  # all frames in evaluation: deterministic
+    task.train()
+    with torch.no_grad():
+        draws = {tuple(task(batch)["energy"].tolist()) for _ in range(4)}
+    assert len(draws) > 1  # one random frame per graph in training

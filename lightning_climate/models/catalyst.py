@@ -1,13 +1,16 @@
 """Catalyst-adsorbate energy (and force) models: a backbone plus PhAST heads.
 
+The backbone is SchNet or DimeNet++ (PyG blocks on periodic edges), optionally frame-averaged
+(FAENet-style, ``frame_averaging``).
+
 ``ads_cat`` selects the catalyst-adsorbate variants of Carbonero et al. (2023); the disconnected
 graph itself is a data transform (``RemoveAdsorbateCatalystEdges``), these are the model sides:
 
 - ``none``: one backbone, one energy head;
 - ``separate_pooling``: one shared backbone; per-atom vectors are summed separately over the
-  adsorbate and the catalyst atoms **of each graph** (index ``2 * graph + part``, not the
-  reference code's ``batch * mask``, which pools every masked-out atom of the batch into graph
-  0), concatenated and mapped to the energy by an MLP;
+  adsorbate and the catalyst atoms **of each graph** (each part scattered by its graph index,
+  not the reference code's ``batch * mask``, which pools every masked-out atom of the batch into
+  graph 0), concatenated and mapped to the energy by an MLP;
 - ``independent``: two backbones that share no weights, one on the adsorbate sub-graph (half
   width) and one on the catalyst sub-graph, pooled and combined as above;
 - ``attention``: as ``independent``, plus after every interaction a bipartite GATv2 exchange

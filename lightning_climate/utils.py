@@ -21,6 +21,7 @@ _PIP_NAMES = {
     "lmdb": "lmdb",
     "ase": "ase",
     "vesin.torch": "vesin-torch",
+    "vesin_torch": "vesin-torch",
     "zarr": "zarr",
 }
 

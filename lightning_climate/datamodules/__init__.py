@@ -7,6 +7,7 @@ from lightning_climate.datamodules.climateset import ClimateSetDataModule
 from lightning_climate.datamodules.digits import DigitsDataModule
 from lightning_climate.datamodules.era5 import ERA5DataModule
 from lightning_climate.datamodules.navier_stokes import NavierStokesDataModule
+from lightning_climate.datamodules.oc20 import OC20DataModule
 
 __all__ = [
     "BaseDataModule",
@@ -16,4 +17,5 @@ __all__ = [
     "DigitsDataModule",
     "ERA5DataModule",
     "NavierStokesDataModule",
+    "OC20DataModule",
 ]

@@ -17,6 +17,13 @@ from lightning_climate.datasets.navier_stokes import (
     solve_vorticity,
     trajectory_generator,
 )
+from lightning_climate.datasets.oc20 import (
+    OC20Data,
+    OC20LMDBDataset,
+    convert_oc20_lmdb,
+    write_oc20_lmdb,
+)
+from lightning_climate.datasets.oc20_generate import generate_oc20
 
 __all__ = [
     "CausalSyntheticDataset",
@@ -25,13 +32,18 @@ __all__ = [
     "FieldNormalizer",
     "ImageClassificationDataset",
     "NavierStokesTrajectories",
+    "OC20Data",
+    "OC20LMDBDataset",
+    "convert_oc20_lmdb",
     "gaussian_random_field",
     "generate_causal_synthetic",
     "generate_climateset",
     "generate_era5",
     "generate_navier_stokes",
+    "generate_oc20",
     "li_forcing",
     "read_causal_synthetic",
     "solve_vorticity",
     "trajectory_generator",
+    "write_oc20_lmdb",
 ]

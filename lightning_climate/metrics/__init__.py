@@ -1,5 +1,12 @@
 """torchmetrics metrics that are exact under DDP."""
 
+from lightning_climate.metrics.catalyst import (
+    EnergyForceWithinThreshold,
+    EnergyMAE,
+    EnergyWithinThreshold,
+    ForceCosineSimilarity,
+    ForceMAE,
+)
 from lightning_climate.metrics.constraint_violation import ConstraintViolation
 from lightning_climate.metrics.graph import (
     EdgeF1Score,
@@ -21,6 +28,11 @@ __all__ = [
     "EdgeF1Score",
     "EdgePrecision",
     "EdgeRecall",
+    "EnergyForceWithinThreshold",
+    "EnergyMAE",
+    "EnergyWithinThreshold",
+    "ForceCosineSimilarity",
+    "ForceMAE",
     "LatitudeWeightedRMSE",
     "RelativeL2Error",
     "StructuralHammingDistance",

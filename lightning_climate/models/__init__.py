@@ -1,10 +1,15 @@
 """Model architectures (plain torch.nn.Modules)."""
 
+from lightning_climate.models.catalyst import CatalystModel
 from lightning_climate.models.cdsd import CDSD
 from lightning_climate.models.cnn_lstm import CNNLSTM
 from lightning_climate.models.dfno import DFNO
+from lightning_climate.models.dimenet import DimeNetPPBackbone
+from lightning_climate.models.embedding import PhysEmbedding
+from lightning_climate.models.heads import EnergyHead, ForceHead
 from lightning_climate.models.interpolation import Interpolation, fourier_resize
 from lightning_climate.models.relu_nets import ReLUCNN, ReLUMLP
+from lightning_climate.models.schnet import SchNetBackbone
 from lightning_climate.models.srcnn import SRCNN
 from lightning_climate.models.super_emulator import SuperEmulator
 from lightning_climate.models.unet import UNet
@@ -16,9 +21,15 @@ __all__ = [
     "CNNLSTM",
     "DFNO",
     "SRCNN",
+    "CatalystModel",
+    "DimeNetPPBackbone",
+    "EnergyHead",
+    "ForceHead",
     "Interpolation",
+    "PhysEmbedding",
     "ReLUCNN",
     "ReLUMLP",
+    "SchNetBackbone",
     "SuperEmulator",
     "UNet",
     "ViTEmulator",

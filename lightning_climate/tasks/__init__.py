@@ -1,6 +1,7 @@
 """LightningModules (tasks), one file per problem."""
 
 from lightning_climate.tasks.base import BaseTask
+from lightning_climate.tasks.catalyst import CatalystTask
 from lightning_climate.tasks.causal_discovery import CausalDiscoveryTask
 from lightning_climate.tasks.classification import ClassificationTask
 from lightning_climate.tasks.downscaling import DownscalingTask
@@ -8,6 +9,7 @@ from lightning_climate.tasks.emulation import EmulationTask
 
 __all__ = [
     "BaseTask",
+    "CatalystTask",
     "CausalDiscoveryTask",
     "ClassificationTask",
     "DownscalingTask",

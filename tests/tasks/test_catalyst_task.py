@@ -1,0 +1,195 @@
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from torch.utils.data import DataLoader
+from torch_geometric.loader.dataloader import Collater
+
+from lightning_climate.datamodules import OC20DataModule
+from lightning_climate.datasets import generate_oc20
+from lightning_climate.datasets.oc20 import entry_to_data, read_npz_batch
+from lightning_climate.main import main
+from lightning_climate.tasks import CatalystTask
+
+SAMPLE = Path(__file__).parents[1] / "data" / "oc20" / "is2re_bs3.npz"
+EXAMPLES = Path(__file__).parents[2] / "examples"
+SMALL = {"hidden_channels": 16, "num_filters": 16, "num_interactions": 2, "num_gaussians": 12}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("oc20task")
+    generate_oc20(path, num_systems=12, seed=2, size=(2, 2, 2), steps=20, progress=False)
+    return path
+
+
+def test_validation_metrics_equal_a_direct_computation(
+    root: Path, trainer_kwargs: dict[str, Any]
+) -> None:
+    torch.manual_seed(0)
+    dm = OC20DataModule(root=str(root), batch_size=3)
+    task = CatalystTask(**SMALL)
+    trainer = Trainer(
+        max_epochs=1, limit_train_batches=2, enable_checkpointing=False, **trainer_kwargs
+    )
+    trainer.fit(task, dm)
+    # statistics of the training split went into the buffers
+    assert task.target_mean.item() == pytest.approx(dm.target_mean, abs=1e-6)
+    assert task.target_std.item() == pytest.approx(dm.target_std, abs=1e-6)
+    (results, *_) = trainer.validate(task, dm)
+    task.eval()
+    errors = []
+    with torch.no_grad():
+        for sample in dm.val_dataset["val_id"]:
+            batch = Collater(None)([sample])
+            errors.append((task(batch)["energy"] - batch.y_relaxed).abs().item())
+    assert results["val_id_energy_mae"] == pytest.approx(sum(errors) / len(errors), abs=1e-5)
+    assert results["val_id_energy_ewt"] == pytest.approx(
+        sum(e < 0.02 for e in errors) / len(errors)
+    )
+    assert {"val_id_loss", "val_loss"} <= set(results)
+
+
+def test_checkpoint_carries_target_statistics(
+    root: Path, trainer_kwargs: dict[str, Any], tmp_path: Path
+) -> None:
+    dm = OC20DataModule(root=str(root), batch_size=4)
+    task = CatalystTask(**SMALL)
+    trainer = Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1, **trainer_kwargs)
+    trainer.fit(task, dm)
+    path = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = CatalystTask.load_from_checkpoint(path)
+    assert loaded.target_mean.item() == pytest.approx(dm.target_mean, abs=1e-6)
+    batch = next(iter(dm.val_dataloader()[0]))
+    task.eval()
+    loaded.eval()
+    assert torch.allclose(task(batch)["energy"], loaded(batch)["energy"])
+    predictions = trainer.predict(task, dm)
+    indices = torch.cat([p["index"] for loader in predictions for p in loader])
+    assert sorted(indices.tolist()) == sorted(
+        i for k, v in dm.split_indices.items() if k.startswith("test") for i in v
+    )
+
+
+def test_s2ef_with_gradient_forces(root: Path, trainer_kwargs: dict[str, Any]) -> None:
+    dm = OC20DataModule(root=str(root), task="s2ef", batch_size=8)
+    task = CatalystTask(task="s2ef", force_head="gradient", **SMALL)
+    trainer = Trainer(
+        fast_dev_run=1,
+        inference_mode=False,
+        **{**trainer_kwargs, "default_root_dir": trainer_kwargs["default_root_dir"]},
+    )
+    trainer.fit(task, dm)
+    metrics = trainer.callback_metrics
+    assert {"val_id_force_mae", "val_id_force_cos", "val_id_efwt"} <= set(metrics)
+    assert 0 < float(metrics["val_id_force_mae"]) < 10
+    with pytest.raises(RuntimeError, match="inference_mode=False"):
+        Trainer(fast_dev_run=1, **trainer_kwargs).validate(task, dm)
+
+
+@pytest.mark.parametrize("force_head", ["direct", "mixed"])
+def test_s2ef_direct_and_mixed_heads_train(
+    root: Path, trainer_kwargs: dict[str, Any], force_head: str
+) -> None:
+    dm = OC20DataModule(root=str(root), task="s2ef", batch_size=8)
+    task = CatalystTask(task="s2ef", force_head=force_head, **SMALL)
+    trainer = Trainer(fast_dev_run=1, inference_mode=False, **trainer_kwargs)
+    trainer.fit(task, dm)
+    assert torch.isfinite(trainer.callback_metrics["train_loss"])
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="set force_head"):
+        CatalystTask(task="s2ef")
+    with pytest.raises(ValueError, match="task must be"):
+        CatalystTask(task="is2rs")
+    with pytest.raises(ValueError, match="target_std"):
+        CatalystTask(target_std=0.0)
+
+
+def _sample_loader() -> DataLoader:
+    graphs = [entry_to_data(e, i, f"graph {i}") for i, e in enumerate(read_npz_batch(SAMPLE))]
+    graphs.append(graphs[2].clone())  # 4 graphs: 2 per rank, no padding by the sampler
+    graphs[3].index = torch.tensor([3])
+    return DataLoader(graphs, batch_size=1, collate_fn=Collater(None))
+
+
+@pytest.mark.ddp
+def test_ddp_validation_equals_single_process(trainer_kwargs: dict[str, Any]) -> None:
+    torch.manual_seed(0)
+    task = CatalystTask(**SMALL)
+    single = Trainer(devices=1, **trainer_kwargs)
+    expected = single.validate(task, _sample_loader())[0]
+    ddp = Trainer(devices=2, strategy="ddp_spawn", **trainer_kwargs)
+    ddp.validate(task, _sample_loader())
+    got = {k: float(v) for k, v in ddp.callback_metrics.items()}
+    for key in ("val_energy_mae", "val_energy_ewt"):
+        assert got[key] == pytest.approx(expected[key], abs=1e-5)
+    assert expected["val_energy_mae"] > 0
+
+
+@pytest.mark.parametrize(
+    ("name", "hparams"),
+    [
+        ("oc20_is2re", {"task": "is2re"}),
+        ("oc20_is2re_phast", {"phast_embedding": True, "energy_head": "weighted_final"}),
+        ("oc20_adsorbate_catalyst", {"ads_cat": "attention"}),
+        ("oc20_s2ef", {"task": "s2ef", "force_head": "gradient"}),
+    ],
+)
+def test_examples_run(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, hparams: dict
+) -> None:
+    seen: list[tuple[CatalystTask, float]] = []
+
+    def record(self: CatalystTask) -> None:
+        seen.append((self, float(self.trainer.callback_metrics["train_loss"])))
+
+    monkeypatch.setattr(CatalystTask, "on_train_end", record, raising=False)
+    main(
+        [
+            "fit",
+            "--config",
+            str(EXAMPLES / f"{name}.yaml"),
+            "--trainer.fast_dev_run",
+            "1",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--data.init_args.root",
+            str(root),
+            "--model.init_args.hidden_channels",
+            "16",
+        ]
+    )
+    ((task, loss),) = seen
+    assert {k: task.hparams[k] for k in hparams} == hparams
+    assert task.target_mean.item() != pytest.approx(-1.525913953781128)  # from the generated data
+    assert math.isfinite(loss) and loss > 0  # finite and positive L1 loss
+
+
+def test_frame_averaged_model_trains_and_evaluates_all_frames(
+    root: Path, trainer_kwargs: dict[str, Any]
+) -> None:
+    torch.manual_seed(0)
+    dm = OC20DataModule(root=str(root), batch_size=4)
+    task = CatalystTask(frame_averaging="3D", fa_se3=True, **SMALL)
+    Trainer(fast_dev_run=1, **trainer_kwargs).fit(task, dm)
+    batch = next(iter(dm.val_dataloader()[0]))
+    task.eval()
+    with torch.no_grad():
+        first, second = task(batch)["energy"], task(batch)["energy"]
+    assert torch.equal(first, second)  # all frames in evaluation: deterministic
+    task.train()
+    with torch.no_grad():
+        draws = {tuple(task(batch)["energy"].tolist()) for _ in range(4)}
+    assert len(draws) > 1  # one random frame per graph in training

@@ -27,3 +27,20 @@ def trainer_kwargs(tmp_path: Path) -> dict[str, Any]:
         "num_sanity_val_steps": 0,
         "deterministic": True,
     }
+
+
+@pytest.fixture(scope="session")
+def navier_stokes_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny generated Navier–Stokes file: 8 trajectories, 32², 4 snapshots (ν=1e-3, t=1)."""
+    from lightning_climate.datasets.navier_stokes import generate_navier_stokes
+
+    path = tmp_path_factory.mktemp("navier_stokes") / "ns_tiny.h5"
+    return generate_navier_stokes(
+        path,
+        num_trajectories=8,
+        resolution=32,
+        t_final=1.0,
+        record_steps=4,
+        dt=1e-2,
+        progress=False,
+    )

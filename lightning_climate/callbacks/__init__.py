@@ -1,6 +1,15 @@
 """Lightning callbacks that drop into an existing Trainer."""
 
 from lightning_climate.callbacks.constraint_monitor import ConstraintMonitor
+from lightning_climate.callbacks.difficulty import DifficultyScores
 from lightning_climate.callbacks.downscaling_report import DownscalingReport
+from lightning_climate.callbacks.functional_dimension import FunctionalDimension
+from lightning_climate.callbacks.sam import SharpnessAwareMinimization
 
-__all__ = ["ConstraintMonitor", "DownscalingReport"]
+__all__ = [
+    "ConstraintMonitor",
+    "DifficultyScores",
+    "DownscalingReport",
+    "FunctionalDimension",
+    "SharpnessAwareMinimization",
+]

@@ -57,6 +57,8 @@ class DownscalingReport(Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Evaluate, print the table and write the figure (rank 0)."""
+        # trainer.log_dir broadcasts from rank 0: every rank must ask for it.
+        directory = Path(self.output_dir or trainer.log_dir or trainer.default_root_dir)
         if not trainer.is_global_zero:
             return
         datamodule = trainer.datamodule
@@ -83,7 +85,6 @@ class DownscalingReport(Callback):
                 self.results[name], examples[name] = self._evaluate(pl_module, loader)
         pl_module.train(was_training)
         print(self.format_table())
-        directory = Path(self.output_dir or trainer.log_dir or trainer.default_root_dir)
         self.figure_path = directory / self.filename
         self._plot(examples, self.figure_path)
         print(f"DownscalingReport: figure written to {self.figure_path}")
@@ -92,7 +93,8 @@ class DownscalingReport(Callback):
         self, pl_module: LightningModule, loader: Any
     ) -> tuple[dict[str, float], dict[str, Tensor]]:
         metrics = {
-            key: metric().to(pl_module.device)
+            # rank 0 evaluates alone: a synchronising compute() would wait for the other ranks forever
+            key: metric(sync_on_compute=False).to(pl_module.device)
             for key, metric in (
                 ("MSE", MeanSquaredError),
                 ("RelL2", RelativeL2Error),

@@ -1,7 +1,19 @@
 """LightningDataModules, one file per data set."""
 
 from lightning_climate.datamodules.base import BaseDataModule
+from lightning_climate.datamodules.causal_synthetic import CausalSyntheticDataModule
+from lightning_climate.datamodules.cifar import CIFARDataModule
+from lightning_climate.datamodules.climateset import ClimateSetDataModule
+from lightning_climate.datamodules.digits import DigitsDataModule
 from lightning_climate.datamodules.era5 import ERA5DataModule
 from lightning_climate.datamodules.navier_stokes import NavierStokesDataModule
 
-__all__ = ["BaseDataModule", "ERA5DataModule", "NavierStokesDataModule"]
+__all__ = [
+    "BaseDataModule",
+    "CIFARDataModule",
+    "CausalSyntheticDataModule",
+    "ClimateSetDataModule",
+    "DigitsDataModule",
+    "ERA5DataModule",
+    "NavierStokesDataModule",
+]

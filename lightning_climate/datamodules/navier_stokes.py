@@ -69,7 +69,7 @@ class NavierStokesDataModule(BaseDataModule):
         viscosity: float = 1e-3,
         t_final: float = 10.0,
         record_steps: int = 10,
-        dt: float = 1e-3,
+        dt: float = 1e-2,
         data_seed: int = 0,
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,

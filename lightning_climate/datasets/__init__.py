@@ -1,8 +1,15 @@
 """Readers of real on-disk formats and generators of embedded data."""
 
+from lightning_climate.datasets.causal_synthetic import (
+    CausalSyntheticDataset,
+    generate_causal_synthetic,
+    read_causal_synthetic,
+)
+from lightning_climate.datasets.climateset import ClimateSet
+from lightning_climate.datasets.climateset_generate import generate_climateset
 from lightning_climate.datasets.era5 import ERA5Dataset, FieldNormalizer, generate_era5
-
-from .navier_stokes import (
+from lightning_climate.datasets.images import ImageClassificationDataset
+from lightning_climate.datasets.navier_stokes import (
     NavierStokesTrajectories,
     gaussian_random_field,
     generate_navier_stokes,
@@ -11,14 +18,20 @@ from .navier_stokes import (
     trajectory_generator,
 )
 
-__all__: list[str] = [
+__all__ = [
+    "CausalSyntheticDataset",
+    "ClimateSet",
     "ERA5Dataset",
     "FieldNormalizer",
+    "ImageClassificationDataset",
     "NavierStokesTrajectories",
     "gaussian_random_field",
+    "generate_causal_synthetic",
+    "generate_climateset",
     "generate_era5",
     "generate_navier_stokes",
     "li_forcing",
+    "read_causal_synthetic",
     "solve_vorticity",
     "trajectory_generator",
 ]

@@ -12,6 +12,8 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
+from lightning_climate.optim.sam import SAM
+
 __all__ = ["BaseTask"]
 
 
@@ -41,9 +43,16 @@ class BaseTask(LightningModule):
         self.lr_scheduler = lr_scheduler
 
     def configure_optimizers(self) -> Any:
-        """Build the injected optimizer over all trainable parameters, and the scheduler if any."""
+        """Build the injected optimizer over all trainable parameters, and the scheduler if any.
+
+        A :class:`~lightning_climate.optim.SAM` optimizer is bound to this module.
+        """
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = self.optimizer(params)
+        if isinstance(optimizer, SAM):
+            optimizer.bind(
+                self
+            )  # SAM-ON's parameter choice and BatchNorm statistics need the model
         if self.lr_scheduler is None:
             return optimizer
         scheduler = self.lr_scheduler(optimizer)

@@ -11,6 +11,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
 
+from lightning_climate.layers.constrained import ConstrainedModel
+from lightning_climate.layers.constraints import ConstraintName
 from lightning_climate.layers.normalization import MinMaxNormalizer
 from lightning_climate.metrics.relative_l2 import RelativeL2Error, relative_l2_error
 from lightning_climate.tasks.base import BaseTask
@@ -41,6 +43,11 @@ class DownscalingTask(BaseTask):
         model: a module called as ``model(lr, factor)``; YAML gives it as ``class_path``/``init_args``.
         in_channels: channels of the fields (size of the normalisation buffers).
         loss: ``"mse"``, ``"l1"`` or ``"relative_l2"`` (per-sample, as in DFNO), in normalised units.
+        constraint: hard conservation layer put after ``model`` (``"none"``, ``"add"``, ``"mult"``,
+            ``"softmax"``, ``"scadd"``; see :class:`~lightning_climate.layers.ConstrainedModel`). It
+            acts in normalised units against the normalised input, at the factor of each call.
+            ``"softmax"`` accepts inputs below the training minimum (they give negative blocks)
+            rather than failing on test data outside the training range.
         predict_factor: factor used by ``predict`` for batches that carry no ``hr`` grid.
         optimizer: optimizer callable, see :class:`~lightning_climate.tasks.BaseTask`.
         lr_scheduler: optional scheduler callable.
@@ -51,6 +58,7 @@ class DownscalingTask(BaseTask):
         model: nn.Module,
         in_channels: int = 1,
         loss: Loss = "mse",
+        constraint: ConstraintName = "none",
         predict_factor: float = 2.0,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -59,6 +67,13 @@ class DownscalingTask(BaseTask):
         if loss not in ("mse", "l1", "relative_l2"):
             raise ValueError(f"loss must be one of 'mse', 'l1', 'relative_l2', got {loss!r}.")
         self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler"])
+        if constraint != "none":
+            if isinstance(model, ConstrainedModel) and model.constraint is not None:
+                raise ValueError(
+                    f"the model already ends in the {model.constraint_name!r} constraint; set "
+                    "DownscalingTask(constraint='none') or remove the ConstrainedModel wrapper."
+                )
+            model = ConstrainedModel(model, constraint, allow_negative=constraint == "softmax")
         self.model = model
         self.loss_name = loss
         self.normalizer = MinMaxNormalizer(in_channels)

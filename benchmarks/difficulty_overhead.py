@@ -1,0 +1,123 @@
+"""Cost of the difficulty scores.
+
+1. Epoch time of ClassificationTask on the real digits with DifficultyScores' cheap scores (loss,
+   accuracy, confidence, margin, EL2N from one eval forward pass over the training split, every
+   epoch) divided by the epoch time without the callback (target <= 1.15).
+2. GraNd over a batch: ``torch.func`` (vmap of grad) against a loop of per-example backward passes.
+
+Runs alternate (without, with, without, ...) and the minimum over repeats is kept, which makes the
+ratio robust to other load on the machine. Usage::
+
+    OMP_NUM_THREADS=1 python benchmarks/difficulty_overhead.py --epochs 5 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+
+from lightning_climate.analysis.scores import grand, grand_loop
+from lightning_climate.callbacks import DifficultyScores
+from lightning_climate.datamodules import DigitsDataModule
+from lightning_climate.models import ReLUCNN, ReLUMLP
+from lightning_climate.tasks import ClassificationTask
+
+
+class EpochTimer(Callback):
+    """Wall time of each full epoch (training, scoring and validation)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # registered after DifficultyScores, so its scoring pass is inside the interval
+        self.times.append(time.perf_counter() - self._start)
+
+
+def epoch_time(arch: str, scores: str, epochs: int, root: str) -> float:
+    seed_everything(0)
+    model = ReLUMLP(64, [32, 32]) if arch == "mlp" else ReLUCNN(1, [8, 16], 8)
+    task = ClassificationTask(model=model, num_classes=10, in_channels=1)
+    timer = EpochTimer()
+    callbacks: list[Callback] = []
+    if scores != "none":
+        callbacks.append(
+            DifficultyScores(
+                path=f"{root}/{arch}_scores.nc", batch_size=512, cache_batches=scores == "cached"
+            )
+        )
+    callbacks.append(timer)
+    trainer = Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+    )
+    trainer.fit(task, DigitsDataModule(batch_size=64))
+    return min(timer.times[1:])  # the first epoch includes warm-up
+
+
+def grand_ratio(arch: str, batch: int, repeats: int) -> tuple[float, float]:
+    torch.manual_seed(0)
+    model = (ReLUMLP(64, [32, 32]) if arch == "mlp" else ReLUCNN(1, [8, 16], 8)).eval()
+    x, y = torch.randn(batch, 1, 8, 8), torch.randint(0, 10, (batch,))
+    fast, slow = float("inf"), float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a = grand(model, x, y)
+        fast = min(fast, time.perf_counter() - start)
+        start = time.perf_counter()
+        b = grand_loop(model, x, y)
+        slow = min(slow, time.perf_counter() - start)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    return fast, slow
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--grand-batch", type=int, default=256)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(
+        "| model | epoch without (s) | with cheap scores (s) | ratio "
+        "| with cheap scores, cache_batches (s) | ratio |"
+    )
+    print("|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as root:
+        for arch in ("mlp", "cnn"):
+            best = {"none": float("inf"), "default": float("inf"), "cached": float("inf")}
+            for _ in range(args.repeats):
+                for mode in ("none", "default", "cached"):
+                    best[mode] = min(best[mode], epoch_time(arch, mode, args.epochs, root))
+            base = best["none"]
+            print(
+                f"| {arch} | {base:.3f} | {best['default']:.3f} | {best['default'] / base:.3f} "
+                f"| {best['cached']:.3f} | {best['cached'] / base:.3f} |"
+            )
+    print()
+    print(
+        f"| model | GraNd torch.func, {args.grand_batch} ex. (s) | per-example loop (s) | speed-up |"
+    )
+    print("|---|---|---|---|")
+    for arch in ("mlp", "cnn"):
+        fast, slow = grand_ratio(arch, args.grand_batch, args.repeats)
+        print(f"| {arch} | {fast:.4f} | {slow:.4f} | {slow / fast:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()

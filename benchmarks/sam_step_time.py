@@ -1,0 +1,192 @@
+"""Step time of SGD, SAM and SAM-ON on a CIFAR-size ResNet-18 (CPU), in one run on one batch.
+
+Compares our ``lightning_climate.optim.SAM`` (``step(closure)``) with a re-implementation, written
+here, of the widely used open-source SAM loop (explicit ``first_step`` / ``second_step`` around two
+forward-backward passes, the perturbation kept in the optimizer state, weights restored from a
+saved copy, BatchNorm momentum set to 0 for the second pass). SAM-ON in that loop perturbs only the
+normalisation parameters but still computes every gradient in the first backward, as the official
+SAM-ON code does; ours computes only the normalisation gradients there.
+
+Prints the median seconds per step of each variant and the ratios SAM/SGD and SAM-ON/SAM. Variants
+are timed round-robin so that load from other processes affects all of them alike.
+
+    python benchmarks/sam_step_time.py --batch-size 32 --steps 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import time
+from collections.abc import Callable
+
+import timm
+import torch
+from torch import Tensor, nn
+
+from lightning_climate.optim import SAM, norm_parameters
+
+
+def cifar_resnet18(num_classes: int = 10) -> nn.Module:
+    """ResNet-18 with the CIFAR stem (3x3 stride-1 convolution, no max-pool)."""
+    model = timm.create_model("resnet18", num_classes=num_classes)
+    model.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+class ReferenceSAM(torch.optim.Optimizer):
+    """The common two-call SAM loop: ``first_step`` after the first backward, then ``second_step``."""
+
+    def __init__(
+        self, params: list[Tensor], base: Callable[..., torch.optim.Optimizer], rho: float
+    ) -> None:
+        super().__init__(params, {"rho": rho})
+        self.base_optimizer = base(self.param_groups)
+        self.param_groups = self.base_optimizer.param_groups
+
+    @torch.no_grad()
+    def first_step(self, zero_grad: bool = False) -> None:
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        grad_norm = torch.norm(torch.stack([g.norm(p=2) for g in grads]), p=2)
+        for group in self.param_groups:
+            scale = group["rho"] / (grad_norm + 1e-12)
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                self.state[p]["old_p"] = p.data.clone()
+                p.add_(p.grad * scale.to(p))
+        if zero_grad:
+            self.zero_grad()
+
+    @torch.no_grad()
+    def second_step(self, zero_grad: bool = False) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                if "old_p" in self.state[p]:
+                    p.data = self.state[p]["old_p"]
+        self.base_optimizer.step()
+        if zero_grad:
+            self.zero_grad()
+
+
+def set_bn_momentum(model: nn.Module, momentum: float | None) -> list[float | None]:
+    """Set every BatchNorm's momentum; return the previous values (the usual BN bypass)."""
+    old = []
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            old.append(m.momentum)
+            m.momentum = momentum
+    return old
+
+
+def restore_bn_momentum(model: nn.Module, old: list[float | None]) -> None:
+    it = iter(old)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = next(it)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per variant")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rho", type=float, default=0.05)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    x = torch.randn(args.batch_size, 3, 32, 32)
+    y = torch.randint(0, 10, (args.batch_size,))
+    crit = nn.CrossEntropyLoss()
+    sgd = functools.partial(torch.optim.SGD, lr=0.01, momentum=0.9)
+
+    models = {}
+    steps: dict[str, Callable[[], None]] = {}
+
+    def add(name: str, make_step: Callable[[nn.Module], Callable[[], None]]) -> None:
+        torch.manual_seed(0)
+        model = cifar_resnet18().train()
+        models[name] = model
+        steps[name] = make_step(model)
+
+    def plain(model: nn.Module) -> Callable[[], None]:
+        opt = sgd(model.parameters())
+
+        def step() -> None:
+            opt.zero_grad()
+            crit(model(x), y).backward()
+            opt.step()
+
+        return step
+
+    def reference(norm_only: bool) -> Callable[[nn.Module], Callable[[], None]]:
+        def build(model: nn.Module) -> Callable[[], None]:
+            if norm_only:
+                chosen = {id(p) for p in norm_parameters(model).values()}
+                groups = [
+                    {"params": [p for p in model.parameters() if id(p) in chosen]},
+                    {"params": [p for p in model.parameters() if id(p) not in chosen], "rho": 0.0},
+                ]
+            else:
+                groups = [{"params": list(model.parameters())}]
+            opt = ReferenceSAM(groups, sgd, rho=args.rho)
+
+            def step() -> None:
+                crit(model(x), y).backward()
+                opt.first_step(zero_grad=True)
+                old = set_bn_momentum(model, 0.0)
+                crit(model(x), y).backward()
+                restore_bn_momentum(model, old)
+                opt.second_step(zero_grad=True)
+
+            return step
+
+        return build
+
+    def ours(norm_only: bool) -> Callable[[nn.Module], Callable[[], None]]:
+        def build(model: nn.Module) -> Callable[[], None]:
+            opt = SAM(model.parameters(), sgd, rho=args.rho, norm_only=norm_only).bind(model)
+
+            def closure() -> Tensor:
+                opt.zero_grad()
+                loss = crit(model(x), y)
+                loss.backward()
+                return loss
+
+            return lambda: opt.step(closure)
+
+        return build
+
+    add("SGD", plain)
+    add("reference SAM loop", reference(False))
+    add("reference SAM-ON loop", reference(True))
+    add("ours SAM", ours(False))
+    add("ours SAM-ON", ours(True))
+
+    for _ in range(args.warmup):
+        for step in steps.values():
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(args.steps):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    med = {name: statistics.median(t) for name, t in times.items()}
+    print(f"ResNet-18 (CIFAR stem), 32x32, batch {args.batch_size}, {args.threads} thread(s), CPU")
+    for name, t in med.items():
+        print(f"  {name:24s} {t:8.4f} s/step")
+    print(f"  ours SAM / SGD                 {med['ours SAM'] / med['SGD']:.3f}")
+    print(f"  reference SAM / SGD            {med['reference SAM loop'] / med['SGD']:.3f}")
+    print(f"  ours SAM / reference SAM       {med['ours SAM'] / med['reference SAM loop']:.3f}")
+    print(f"  ours SAM-ON / ours SAM         {med['ours SAM-ON'] / med['ours SAM']:.3f}")
+    print(
+        f"  ours SAM-ON / reference SAM-ON {med['ours SAM-ON'] / med['reference SAM-ON loop']:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

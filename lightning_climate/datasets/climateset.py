@@ -1,0 +1,422 @@
+"""Lazy, indexed reader of the published ClimateSet layout (Kaltenborn et al., NeurIPS 2023 D&B).
+
+On-disk layout (one NetCDF file per variable and year, 12 monthly fields on a lat-lon grid)::
+
+    <root>/outputs/CMIP6/<climate_model>/<member>/<scenario>/<tas|pr>/250_km/mon/<year>/*.nc
+    <root>/inputs/input4mips/<scenario>/<BC|CH4|CO2|SO2>_sum/250_km/mon/<year>/**/*.nc
+
+``BC_sum``, ``CH4_sum`` and ``SO2_sum`` exist in several fire variants (``no-fires``,
+``anthro-fires``, ``all-fires``) told apart by a file-name substring; which one a climate model was
+forced with is in :data:`FIRE_SPECS`. ``CO2_sum`` has no open-burning component.
+
+A sample is one calendar year: its index maps deterministically to (climate model, member,
+scenario, year) and thus to one file per variable, which is opened, read and closed inside
+``__getitem__``. No file handle lives on the dataset, so it is safe under forked DataLoader workers
+and DDP (netCDF/HDF5 handles are not fork-safe, pydata/xarray #4100), and memory does not grow with
+the number of years or models (:meth:`ClimateSet.load_into_memory` trades that for speed on small
+data). Inputs and outputs are aligned by (year, month), not by timestamps, because Input4MIPs and
+CMIP6 files use different calendars.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from lightning_climate.utils import lazy_import
+
+__all__ = [
+    "FIRE_SPECS",
+    "INPUT_VARS",
+    "OUTPUT_VARS",
+    "ClimateSet",
+    "MonthlyField",
+    "SampleKey",
+    "fire_spec",
+    "input_dir",
+    "output_dir",
+    "read_monthly_field",
+]
+
+#: Input4MIPs forcings of the benchmark, summed over sectors, in kg m-2 s-1.
+INPUT_VARS: tuple[str, ...] = ("BC_sum", "CH4_sum", "CO2_sum", "SO2_sum")
+#: CMIP6 outputs of the benchmark: near-surface air temperature (K), precipitation (kg m-2 s-1).
+OUTPUT_VARS: tuple[str, ...] = ("tas", "pr")
+#: Climate model -> (historical, ssp) fire variant of the forcings it was run with; any other
+#: model used ("anthro-fires", "anthro-fires") (ClimateSet ``OPENBURNING_MODEL_MAPPING``).
+FIRE_SPECS: dict[str, tuple[str, str]] = {
+    "NorESM2-LM": ("no-fires", "no-fires"),
+    "TaiESM1": ("anthro-fires", "all-fires"),
+    "CESM2": ("anthro-fires", "all-fires"),
+}
+_DEFAULT_FIRE_SPEC = ("anthro-fires", "anthro-fires")
+#: Variables without a fire variant (no open-burning component).
+_NO_FIRE_VARS = frozenset({"CO2_sum"})
+
+_LAT_NAMES = ("lat", "latitude")
+_LON_NAMES = ("lon", "longitude")
+_TIME_NAMES = ("time", "valid_time")
+
+
+def fire_spec(climate_model: str, scenario: str, variable: str) -> str | None:
+    """File-name substring of the fire variant of ``variable`` forcing ``climate_model``.
+
+    Returns ``None`` for variables that have a single variant (``CO2_sum``) and for outputs.
+    """
+    if variable in _NO_FIRE_VARS or variable not in INPUT_VARS:
+        return None
+    historical, ssp = FIRE_SPECS.get(climate_model, _DEFAULT_FIRE_SPEC)
+    return historical if scenario == "historical" else ssp
+
+
+def output_dir(
+    root: str | Path,
+    climate_model: str,
+    member: str,
+    scenario: str,
+    variable: str,
+    year: int,
+    resolution: str = "250_km",
+) -> Path:
+    """Folder of one year of a CMIP6 output variable in the ClimateSet layout."""
+    return (
+        (Path(root) / "outputs" / "CMIP6" / climate_model / member / scenario / variable)
+        / resolution
+        / "mon"
+        / str(year)
+    )
+
+
+def input_dir(
+    root: str | Path, scenario: str, variable: str, year: int, resolution: str = "250_km"
+) -> Path:
+    """Folder of one year of an Input4MIPs forcing in the ClimateSet layout."""
+    return (
+        Path(root) / "inputs" / "input4mips" / scenario / variable / resolution / "mon" / str(year)
+    )
+
+
+@dataclass(frozen=True)
+class SampleKey:
+    """What one sample is: a calendar year of one member of one climate model in one scenario."""
+
+    model_id: int
+    climate_model: str
+    member: str
+    scenario: str
+    year: int
+
+
+@dataclass
+class MonthlyField:
+    """One year of one variable read from a file, on a (month, lat, lon) grid, latitude ascending."""
+
+    values: np.ndarray
+    lat: np.ndarray
+    lon: np.ndarray
+    calendar: str
+
+
+def _pick(names: Sequence[str], candidates: Sequence[str]) -> str | None:
+    for name in candidates:
+        if name in names:
+            return name
+    return None
+
+
+def read_monthly_field(path: str | Path, variable: str, year: int) -> MonthlyField:
+    """Read the 12 monthly fields of ``variable`` for ``year`` from one NetCDF file.
+
+    Dimensions are found by name (``lat``/``latitude``, ``lon``/``longitude``,
+    ``time``/``valid_time``), never by size, and the result is (month, lat, lon) with latitude
+    ascending. If the file has no variable named ``variable``, its single gridded variable is used
+    (Input4MIPs files name theirs after the sector, e.g. ``BC_em_anthro``).
+
+    Raises:
+        ValueError: naming ``path`` if the variable or a dimension is missing, the time axis is not
+            the 12 months of ``year`` in order, or the field holds NaN or fill values.
+    """
+    netCDF4 = lazy_import("netCDF4")
+    cftime = lazy_import("cftime")
+    with netCDF4.Dataset(path, "r") as ds:
+        gridded = [
+            name
+            for name, var in ds.variables.items()
+            if _pick(var.dimensions, _LAT_NAMES) and _pick(var.dimensions, _LON_NAMES)
+            if len(var.dimensions) == 3
+        ]
+        name = variable if variable in ds.variables else None
+        if name is None and len(gridded) == 1:
+            name = gridded[0]
+        if name is None:
+            raise ValueError(
+                f"{path}: no variable {variable!r} and not exactly one (time, lat, lon) variable "
+                f"to use instead (found {gridded}). Rename the data variable to {variable!r}."
+            )
+        var = ds.variables[name]
+        dims = var.dimensions
+        lat_dim, lon_dim, time_dim = (
+            _pick(dims, _LAT_NAMES),
+            _pick(dims, _LON_NAMES),
+            _pick(dims, _TIME_NAMES),
+        )
+        if lat_dim is None or lon_dim is None or time_dim is None or len(dims) != 3:
+            raise ValueError(
+                f"{path}: variable {name!r} has dimensions {dims}; expected (time, lat, lon) named "
+                f"one of {_TIME_NAMES}, {_LAT_NAMES}, {_LON_NAMES}."
+            )
+        values = np.ma.filled(var[:].astype(np.float32), np.nan)
+        values = np.transpose(
+            values, [dims.index(time_dim), dims.index(lat_dim), dims.index(lon_dim)]
+        )
+        lat = np.asarray(ds.variables[lat_dim][:], dtype=np.float64)
+        lon = np.asarray(ds.variables[lon_dim][:], dtype=np.float64)
+        time_var = ds.variables[time_dim]
+        units = getattr(time_var, "units", None)
+        calendar = getattr(time_var, "calendar", "standard")
+        if units is None:
+            raise ValueError(f"{path}: time variable {time_dim!r} has no `units` attribute.")
+        dates = cftime.num2date(np.asarray(time_var[:]), units, calendar)
+    months = [(d.year, d.month) for d in np.atleast_1d(dates)]
+    if months != [(year, m) for m in range(1, 13)]:
+        raise ValueError(
+            f"{path}: expected the 12 months of {year} in order, found (year, month) = {months}. "
+            "Each yearly file must hold exactly January..December of its folder's year."
+        )
+    if not np.isfinite(values).all():
+        bad = int((~np.isfinite(values)).sum())
+        raise ValueError(
+            f"{path}: {bad} NaN or fill values in {name!r}. Fill or mask them before training "
+            "(e.g. regrid with an extrapolating method) so the loss stays finite."
+        )
+    if lat[0] > lat[-1]:
+        lat, values = lat[::-1].copy(), values[:, ::-1].copy()
+    return MonthlyField(
+        values=np.ascontiguousarray(values), lat=lat, lon=lon, calendar=str(calendar)
+    )
+
+
+def _find_file(folder: Path, substring: str | None, fix: str) -> Path:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Missing folder {folder}. {fix}")
+    files = sorted(folder.rglob("*.nc"))
+    if substring is not None:
+        files = [f for f in files if substring in f.name]
+    if len(files) != 1:
+        what = f"*.nc file containing {substring!r}" if substring else "*.nc file"
+        raise FileNotFoundError(
+            f"Expected exactly one {what} under {folder}, found {[f.name for f in files]}. {fix}"
+        )
+    return files[0]
+
+
+class ClimateSet(Dataset[dict[str, Tensor]]):
+    """One sample per (climate model, member, scenario, year), read lazily from the ClimateSet tree.
+
+    Samples are dicts with keys:
+
+    * ``x``: float32 (12, C_in, H, W), the forcings ``in_vars`` of the 12 months, physical units;
+    * ``y``: float32 (12, C_out, H, W) if ``seq_to_seq`` else (1, C_out, H, W) (December only);
+    * ``model_id``: int64, position of the sample's climate model in ``climate_models``;
+    * ``year``: int64 calendar year; ``index``: int64 position of the sample in this dataset.
+
+    Args:
+        root: folder holding ``inputs/`` and ``outputs/``.
+        climate_models: CMIP6 model names; their order defines ``model_id``.
+        scenarios: e.g. ``("ssp126", "ssp370", "ssp585")`` or ``("historical",)``.
+        years: the calendar years to use (each must exist for every variable).
+        members: ensemble members used for every model; ``None`` takes the first member folder in
+            sorted order (the reference code took ``os.listdir``'s arbitrary first entry).
+        in_vars: Input4MIPs variables, any subset of :data:`INPUT_VARS` (or other names on disk).
+        out_vars: CMIP6 variables, any subset of :data:`OUTPUT_VARS` (or other names on disk).
+        seq_to_seq: map 12 months to 12 months; ``False`` keeps only the last month of ``y``.
+        resolution: resolution token of the layout.
+
+    Raises:
+        FileNotFoundError: naming the first missing folder or file and how to create it.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        climate_models: Sequence[str] = ("NorESM2-LM",),
+        scenarios: Sequence[str] = ("ssp126", "ssp370", "ssp585"),
+        years: Sequence[int] = tuple(range(2015, 2101)),
+        members: Sequence[str] | None = None,
+        in_vars: Sequence[str] = INPUT_VARS,
+        out_vars: Sequence[str] = OUTPUT_VARS,
+        seq_to_seq: bool = True,
+        resolution: str = "250_km",
+    ) -> None:
+        if not climate_models or not scenarios or not len(years) or not out_vars or not in_vars:
+            raise ValueError(
+                "climate_models, scenarios, years, in_vars and out_vars must all be non-empty; "
+                f"got {climate_models}, {scenarios}, {years}, {in_vars}, {out_vars}."
+            )
+        self.root = Path(root)
+        self.climate_models = list(climate_models)
+        self.scenarios = list(scenarios)
+        self.years = [int(y) for y in years]
+        self.in_vars = list(in_vars)
+        self.out_vars = list(out_vars)
+        self.seq_to_seq = seq_to_seq
+        self.resolution = resolution
+        self.fix = (
+            f"Check `root` ({self.root}) and the requested models/scenarios/years/variables, or "
+            "write a ClimateSet-layout tree with "
+            "`lightning_climate.datasets.generate_climateset(root, ...)` (or `generate: true` in "
+            "ClimateSetDataModule)."
+        )
+        keys: list[SampleKey] = []
+        for model_id, model in enumerate(self.climate_models):
+            for member in self._members(model, members):
+                for scenario in self.scenarios:
+                    keys.extend(SampleKey(model_id, model, member, scenario, y) for y in self.years)
+        self.keys = keys
+        # Resolve every file now: a missing year or variable fails here, naming the path.
+        self.files = [self._resolve(k) for k in keys]
+        self._cache: list[tuple[Tensor, Tensor]] | None = None
+        self._reference = read_monthly_field(self.files[0][1][0], self.out_vars[0], keys[0].year)
+        self._calendars: dict[str, str] = {}
+        for var, path in zip(
+            self.in_vars + self.out_vars, [*self.files[0][0], *self.files[0][1]], strict=True
+        ):
+            self._calendars[var] = read_monthly_field(path, var, keys[0].year).calendar
+
+    def _members(self, model: str, members: Sequence[str] | None) -> list[str]:
+        model_dir = self.root / "outputs" / "CMIP6" / model
+        if members is not None:
+            return list(members)
+        if not model_dir.is_dir():
+            raise FileNotFoundError(f"Missing climate model folder {model_dir}. {self.fix}")
+        found = sorted(p.name for p in model_dir.iterdir() if p.is_dir())
+        if not found:
+            raise FileNotFoundError(f"No ensemble member folder in {model_dir}. {self.fix}")
+        return found[:1]
+
+    def _resolve(self, key: SampleKey) -> tuple[list[Path], list[Path]]:
+        inputs = [
+            _find_file(
+                input_dir(self.root, key.scenario, var, key.year, self.resolution),
+                fire_spec(key.climate_model, key.scenario, var),
+                self.fix,
+            )
+            for var in self.in_vars
+        ]
+        outputs = [
+            _find_file(
+                output_dir(
+                    self.root,
+                    key.climate_model,
+                    key.member,
+                    key.scenario,
+                    var,
+                    key.year,
+                    self.resolution,
+                ),
+                None,
+                self.fix,
+            )
+            for var in self.out_vars
+        ]
+        return inputs, outputs
+
+    @property
+    def latitudes(self) -> np.ndarray:
+        """Latitudes (degrees, ascending) read from the first output file."""
+        return self._reference.lat.copy()
+
+    @property
+    def longitudes(self) -> np.ndarray:
+        """Longitudes (degrees) read from the first output file."""
+        return self._reference.lon.copy()
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        """(H, W) = (number of latitudes, number of longitudes)."""
+        return len(self._reference.lat), len(self._reference.lon)
+
+    def subset(self, indices: Sequence[int]) -> ClimateSet:
+        """A dataset over the given samples only, re-indexed from 0 (files are not re-resolved)."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.keys = [self.keys[i] for i in indices]
+        new.files = [self.files[i] for i in indices]
+        new._cache = None if self._cache is None else [self._cache[i] for i in indices]
+        return new
+
+    def load_into_memory(self) -> ClimateSet:
+        """Read every sample once and serve later ones from RAM (for data that fits in memory).
+
+        Costs ``len(self) x 12 x (C_in + C_out) x H x W x 4`` bytes (about 1 GB for the full
+        ClimateSet train split of one model); forked DataLoader workers share the arrays.
+        Returns ``self``.
+        """
+        if self._cache is None:
+            self._cache = [(s["x"], s["y"]) for s in (self[i] for i in range(len(self)))]
+        return self
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def _read(self, path: Path, var: str, year: int) -> np.ndarray:
+        field = read_monthly_field(path, var, year)
+        ref = self._reference
+        if field.values.shape[1:] != (len(ref.lat), len(ref.lon)) or not (
+            np.allclose(field.lat, ref.lat, atol=1e-4)
+            and np.allclose(field.lon, ref.lon, atol=1e-4)
+        ):
+            raise ValueError(
+                f"{path}: grid {field.values.shape[1:]} (lat {field.lat[0]:.3f}..{field.lat[-1]:.3f},"
+                f" lon {field.lon[0]:.3f}..{field.lon[-1]:.3f}) differs from the grid "
+                f"{(len(ref.lat), len(ref.lon))} of {self.files[0][1][0]}. Regrid every file to "
+                "one grid first."
+            )
+        if field.calendar != self._calendars[var]:
+            raise ValueError(
+                f"{path}: calendar {field.calendar!r} differs from {self._calendars[var]!r} used "
+                f"by the other {var!r} files. Convert the files of one variable to one calendar."
+            )
+        return field.values
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        index = index % len(self)
+        key = self.keys[index]
+        meta = {
+            "model_id": torch.tensor(key.model_id, dtype=torch.int64),
+            "year": torch.tensor(key.year, dtype=torch.int64),
+            "index": torch.tensor(index, dtype=torch.int64),
+        }
+        if self._cache is not None:
+            x_cached, y_cached = self._cache[index]
+            return {"x": x_cached, "y": y_cached, **meta}
+        in_paths, out_paths = self.files[index]
+        x = np.stack(
+            [self._read(p, v, key.year) for p, v in zip(in_paths, self.in_vars, strict=True)],
+            axis=1,
+        )
+        y = np.stack(
+            [self._read(p, v, key.year) for p, v in zip(out_paths, self.out_vars, strict=True)],
+            axis=1,
+        )
+        if not self.seq_to_seq:
+            y = y[-1:]
+        return {"x": torch.from_numpy(x), "y": torch.from_numpy(y), **meta}
+
+    def __repr__(self) -> str:
+        details: dict[str, Any] = {
+            "root": str(self.root),
+            "climate_models": self.climate_models,
+            "scenarios": sorted({k.scenario for k in self.keys}),
+            "samples": len(self),
+        }
+        return f"{type(self).__name__}({details})"

@@ -1,0 +1,423 @@
+"""Tests of CausalDiscoveryTask: graph recovery, W >= 0, the augmented Lagrangian and checkpoints."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, Dataset
+
+from lightning_climate.datamodules import BaseDataModule, CausalSyntheticDataModule
+from lightning_climate.main import main
+from lightning_climate.metrics.graph import edge_counts, match_latents, permute_graph
+from lightning_climate.tasks import CausalDiscoveryTask
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+
+
+class _AssertNonNegative(Callback):
+    """Checks W >= 0 after every training batch (i.e. after every optimizer step)."""
+
+    def __init__(self) -> None:
+        self.checked = 0
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        assert pl_module.model.mixing.min() >= 0
+        self.checked += 1
+
+
+def _random_graph_scores(true: torch.Tensor, edges: int, draws: int = 2000) -> tuple[float, float]:
+    """Mean SHD and F1 of uniformly random graphs with ``edges`` edges."""
+    gen = torch.Generator().manual_seed(0)
+    shd, f1 = 0.0, 0.0
+    for _ in range(draws):
+        graph = torch.zeros(true.numel(), dtype=torch.bool)
+        graph[torch.randperm(true.numel(), generator=gen)[:edges]] = True
+        tp, fp, fn, _ = edge_counts(graph.view_as(true), true).tolist()
+        shd += (fp + fn) / draws
+        f1 += 2 * tp / max(2 * tp + fp + fn, 1) / draws
+    return shd, f1
+
+
+def test_learned_graph_beats_random_graphs_and_constraints_hold(
+    tmp_path: Path, trainer_kwargs: dict[str, Any]
+) -> None:
+    seed_everything(0)
+    dm = CausalSyntheticDataModule(
+        root=tmp_path / "data", num_latents=6, num_timesteps=1000, batch_size=16
+    )
+    task = CausalDiscoveryTask(
+        num_locations=64,
+        num_latents=6,
+        alm_window=1,
+        optimizer=functools.partial(torch.optim.Adam, lr=1e-2),
+    )
+    check = _AssertNonNegative()
+    trainer = Trainer(
+        max_epochs=20, callbacks=[check], enable_checkpointing=False, **trainer_kwargs
+    )
+    trainer.fit(task, dm)
+
+    assert check.checked == trainer.global_step == 1000
+    assert task.model.mixing.min() == 0.0  # exact zeros from the projection, never negative
+    # The augmented Lagrangian drove ||WᵀW - I||_F to its tolerance.
+    assert bool(task.alm_converged) and task.alm_updates > 0
+    assert task.orthogonality_residual_norm() <= 1.5 * task.ortho_tolerance
+
+    perm = match_latents(task.model.mixing, dm.ground_truth_mixing)
+    learned = permute_graph(task.learned_graph(), perm)
+    true = dm.ground_truth_graph
+    tp, fp, fn, _ = edge_counts(learned, true).tolist()
+    shd, f1 = fp + fn, 2 * tp / (2 * tp + fp + fn)
+    random_shd, random_f1 = _random_graph_scores(true, int(learned.sum()))
+    print(
+        f"CDSD synthetic: SHD {shd} F1 {f1:.3f}; random same density SHD {random_shd:.2f} F1 {random_f1:.3f}"
+    )
+    assert f1 >= random_f1 + 0.3
+    assert shd <= random_shd - 4
+    # The task logs the same scores against the datamodule's ground truth.
+    assert float(trainer.callback_metrics["val_SHD"]) == shd
+    assert float(trainer.callback_metrics["val_F1"]) == pytest.approx(f1)
+    (tested,) = trainer.test(task, dm)
+    assert tested["test_SHD"] == shd and tested["test_F1"] == pytest.approx(f1)
+    targets = torch.stack([dm.test_dataset[i]["x"][1:] for i in range(len(dm.test_dataset))])
+    zero_forecast_mse = float(
+        targets.pow(2).mean()
+    )  # forecasting the training mean (0 after z-scoring)
+    print(
+        f"test one-step MSE {tested['test_prediction_MSE']:.3f} vs {zero_forecast_mse:.3f} for the mean"
+    )
+    assert tested["test_prediction_MSE"] < 0.95 * zero_forecast_mse
+
+
+def test_lagrangian_update_rule() -> None:
+    task = CausalDiscoveryTask(
+        num_locations=6,
+        num_latents=3,
+        alm_window=2,
+        alm_rtol=0.01,
+        ortho_mu_init=2.0,
+        ortho_mu_mult=3.0,
+        ortho_omega=0.5,
+    )
+    h = task.model.orthogonality_residual().detach()
+    task.update_lagrangian(torch.tensor(10.0))  # first loss: nothing to compare yet
+    assert task.alm_updates == 0
+    task.update_lagrangian(torch.tensor(9.0))  # improved by 10 %: still solving the sub-problem
+    assert task.alm_updates == 0 and task.alm_gamma.abs().max() == 0
+    task.update_lagrangian(torch.tensor(8.99))  # stationary: gamma += mu h, mu kept (first update)
+    assert task.alm_updates == 1 and float(task.alm_mu) == 2.0
+    torch.testing.assert_close(task.alm_gamma, 2.0 * h)
+    assert float(task.alm_last_residual) == pytest.approx(float(h.norm()))
+    task.update_lagrangian(torch.tensor(8.99))
+    task.update_lagrangian(torch.tensor(8.99))  # residual did not halve: mu *= 3
+    assert task.alm_updates == 2 and float(task.alm_mu) == 6.0
+    torch.testing.assert_close(task.alm_gamma, 4.0 * h)
+
+    partition = torch.zeros(1, 6, 3)
+    partition[0, torch.arange(6), torch.arange(6) % 3] = 2**-0.5
+    with torch.no_grad():
+        task.model.mixing.copy_(partition)
+    task.update_lagrangian(torch.tensor(8.0))
+    assert bool(task.alm_converged)
+    task.update_lagrangian(torch.tensor(8.0))
+    task.update_lagrangian(torch.tensor(8.0))
+    assert task.alm_updates == 2 and float(task.alm_mu) == 6.0
+    with torch.no_grad():  # the residual drifts above the tolerance again: updates resume
+        task.model.mixing[0, 0, 1] = 0.5
+    task.update_lagrangian(torch.tensor(8.0))
+    assert not bool(task.alm_converged) and task.alm_updates == 2  # one loss in the window
+    task.update_lagrangian(torch.tensor(8.0))
+    assert task.alm_updates == 3
+
+
+def test_batch_layouts_give_the_same_loss_and_bad_batches_name_the_fix() -> None:
+    torch.manual_seed(0)
+    task = CausalDiscoveryTask(num_locations=12, num_variables=2, num_latents=3, num_lags=2)
+    task.eval()
+    x = torch.randn(4, 3, 2, 3, 4)
+    with torch.no_grad():
+        grid = task.model(task._windows({"x": x})).reconstruction
+        flat = task.model(task._windows({"x": x.flatten(3)})).reconstruction
+    assert grid == flat
+    single = CausalDiscoveryTask(num_locations=12, num_latents=3, input_key="y")
+    assert single._windows({"y": torch.randn(4, 3, 12)}).shape == (4, 3, 1, 12)
+    with pytest.raises(KeyError, match=r"no key 'y' \(keys: \['index', 'x'\]\).*input_key"):
+        single._windows({"x": x, "index": torch.arange(4)})
+    with pytest.raises(ValueError, match=r"expected \(B, T, C, H, W\)"):
+        single._windows({"y": torch.randn(4, 12)})
+    with pytest.raises(ValueError, match="ortho_omega must be in"):
+        CausalDiscoveryTask(num_locations=12, ortho_omega=0.0)
+
+
+class _AssertRestored(Callback):
+    def __init__(self, expected: dict[str, torch.Tensor]) -> None:
+        self.expected = expected
+        self.seen = False
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        for name, value in self.expected.items():
+            torch.testing.assert_close(
+                getattr(pl_module, name), value, rtol=0, atol=0, equal_nan=True
+            )
+        self.seen = True
+
+
+def test_lagrangian_state_and_data_stats_travel_with_checkpoints(
+    tmp_path: Path, trainer_kwargs: dict[str, Any]
+) -> None:
+    seed_everything(0)
+    dm = CausalSyntheticDataModule(
+        root=tmp_path / "data",
+        num_latents=3,
+        height=4,
+        width=4,
+        num_timesteps=200,
+        block_length=100,
+    )
+    task = CausalDiscoveryTask(
+        num_locations=16, num_latents=3, alm_window=1, ortho_mu_mult=2.0, ortho_omega=0.01
+    )
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer = Trainer(max_epochs=3, limit_train_batches=2, callbacks=[ckpt], **trainer_kwargs)
+    trainer.fit(task, dm)
+    names = [
+        "alm_gamma",
+        "alm_mu",
+        "alm_last_residual",
+        "alm_history",
+        "alm_updates",
+        "alm_converged",
+    ]
+    state = {name: getattr(task, name).clone() for name in names}
+    assert int(state["alm_updates"]) == 3 and float(state["alm_mu"]) == 4.0
+    assert state["alm_gamma"].abs().max() > 0
+
+    loaded = CausalDiscoveryTask.load_from_checkpoint(ckpt.last_model_path)
+    for name, value in state.items():
+        torch.testing.assert_close(getattr(loaded, name), value, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(loaded.model.mixing, task.model.mixing)
+    saved = torch.load(ckpt.last_model_path, weights_only=True)
+    assert saved["CausalSyntheticDataModule"] == {"mean": dm.mean, "std": dm.std}
+
+    restored = _AssertRestored(state)
+    resumed = Trainer(max_epochs=4, limit_train_batches=2, callbacks=[restored], **trainer_kwargs)
+    resumed.fit(
+        CausalDiscoveryTask(num_locations=16, num_latents=3, alm_window=1),
+        dm,
+        ckpt_path=ckpt.last_model_path,
+    )
+    assert restored.seen
+
+
+def test_example_config_runs_through_the_cli(tmp_path: Path) -> None:
+    main(
+        [
+            "fit",
+            "--config",
+            str(EXAMPLES / "cdsd_synthetic.yaml"),
+            "--trainer.fast_dev_run",
+            "1",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--data.init_args.root",
+            str(tmp_path / "data"),
+        ]
+    )
+    assert (tmp_path / "data" / "causal_synthetic.npz").is_file()
+
+
+def test_climateset_example_config_runs_through_the_cli(tmp_path: Path) -> None:
+    root = tmp_path / "climateset"
+    main(
+        [
+            "fit",
+            "--config",
+            str(EXAMPLES / "cdsd_climateset.yaml"),
+            "--trainer.fast_dev_run",
+            "1",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.enable_progress_bar",
+            "false",
+            "--data.init_args.root",
+            str(root),
+            "--data.init_args.generate_grid_shape",
+            "[8, 12]",
+            "--data.init_args.train_years",
+            "[2015, 2024]",
+            "--data.init_args.test_years",
+            "[2015, 2016]",
+            "--model.init_args.num_locations",
+            "96",
+        ]
+    )
+    # outputs/CMIP6/<model>/<member>/<scenario>/<variable>/250_km/mon/<year>/<file>.nc
+    written = {(p.parts[-6], p.parts[-5]) for p in (root / "outputs").rglob("*.nc")}
+    assert {
+        (scenario, var) for scenario in ("ssp126", "ssp370", "ssp585") for var in ("tas", "pr")
+    } <= written
+
+
+def test_predict_returns_one_step_forecasts_with_index(
+    tmp_path: Path, trainer_kwargs: dict[str, Any]
+) -> None:
+    dm = CausalSyntheticDataModule(
+        root=tmp_path / "data",
+        num_latents=3,
+        height=4,
+        width=4,
+        num_timesteps=200,
+        block_length=100,
+        window_length=3,
+    )
+    dm.prepare_data()
+    task = CausalDiscoveryTask(num_locations=16, num_latents=3)
+    batches = Trainer(**trainer_kwargs).predict(task, dm)
+    assert batches[0]["prediction"].shape == (16, 2, 1, 16)
+    assert torch.equal(batches[0]["index"], torch.arange(16))
+    task.eval()  # deterministic: posterior means and edge probabilities
+    expected = task(dm.predict_dataset[0]["x"].flatten(2)[None])
+    torch.testing.assert_close(batches[0]["prediction"][0, -1], expected[0])
+
+
+class _AssertRanksAgree(Callback):
+    """Under DDP: W >= 0 after every step, and every rank holds the same ALM state and mixing."""
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        assert pl_module.model.mixing.min() >= 0
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        assert bool(pl_module.seasonal_ready) and pl_module.seasonal_std.min() > 0
+        for name in ("alm_gamma", "alm_mu", "alm_updates", "alm_history", "seasonal_mean"):
+            gathered = pl_module.all_gather(getattr(pl_module, name))
+            torch.testing.assert_close(gathered[0], gathered[1], rtol=0, atol=0, equal_nan=True)
+        gathered = pl_module.all_gather(pl_module.model.mixing.detach())
+        assert torch.equal(gathered[0], gathered[1])
+        if trainer.is_global_zero:
+            torch.save(
+                {"updates": pl_module.alm_updates.clone(), "mu": pl_module.alm_mu.clone()}, self.out
+            )
+
+
+def _ddp_task() -> CausalDiscoveryTask:
+    # seasonal_period=2 on 2-step windows: each rank computes the statistics from the full train loader.
+    return CausalDiscoveryTask(
+        num_locations=16,
+        num_latents=3,
+        alm_window=1,
+        ortho_mu_mult=2.0,
+        ortho_omega=0.01,
+        seasonal_period=2,
+    )
+
+
+@pytest.mark.ddp
+@pytest.mark.slow  # ~15 s alone, ~50 s on a shared machine; the graph metrics' DDP test runs by default
+@pytest.mark.skipif(sys.platform == "win32", reason="gloo ddp_spawn test runs on POSIX")
+def test_ddp_keeps_mixing_non_negative_and_ranks_in_step(
+    tmp_path: Path, trainer_kwargs: dict[str, Any]
+) -> None:
+    dm = CausalSyntheticDataModule(
+        root=tmp_path / "data",
+        num_latents=3,
+        height=4,
+        width=4,
+        num_timesteps=200,
+        block_length=100,
+    )
+    dm.prepare_data()
+    out = tmp_path / "state.pt"
+    trainer = Trainer(
+        devices=2,
+        strategy="ddp_spawn",
+        max_epochs=2,
+        limit_train_batches=3,
+        limit_val_batches=2,
+        enable_checkpointing=False,
+        callbacks=[_AssertRanksAgree(str(out))],
+        **trainer_kwargs,
+    )
+    trainer.fit(_ddp_task(), dm)
+    state = torch.load(out, weights_only=True)
+    assert int(state["updates"]) == 2 and float(state["mu"]) == 2.0  # one ALM step per validation
+
+
+class _CalendarWindows(Dataset):
+    """Calendar-year windows (B, 12, 2, 6) with a strong seasonal cycle that differs per cell."""
+
+    def __init__(self, years: int) -> None:
+        gen = torch.Generator().manual_seed(years)
+        month = torch.arange(12.0)[:, None, None]
+        cycle = (
+            5 * torch.sin(2 * torch.pi * month / 12 + torch.arange(6.0))
+            + torch.arange(2.0)[:, None]
+        )
+        noise = (1 + torch.arange(12.0)[:, None, None] / 6) * torch.randn(
+            years, 12, 2, 6, generator=gen
+        )
+        self.x = cycle + noise
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"y": self.x[index], "index": torch.tensor(index)}
+
+
+class _CalendarDataModule(BaseDataModule):
+    def setup(self, stage: str | None = None) -> None:
+        self.train_dataset = _CalendarWindows(40)
+        self.val_dataset = _CalendarWindows(8)
+
+
+def test_seasonal_anomalies_use_training_statistics_per_month_and_cell(
+    tmp_path: Path, trainer_kwargs: dict[str, Any]
+) -> None:
+    task = CausalDiscoveryTask(
+        num_locations=6, num_variables=2, num_latents=2, input_key="y", seasonal_period=12
+    )
+    train = _CalendarWindows(40)
+    with pytest.raises(RuntimeError, match=r"seasonal statistics are missing; run trainer\.fit"):
+        task._windows({"y": train.x})
+    task.fit_seasonal_statistics(DataLoader(train, batch_size=7))
+    torch.testing.assert_close(task.seasonal_mean, train.x.mean(0))
+    torch.testing.assert_close(task.seasonal_std, train.x.std(0, unbiased=False))
+    anomalies = task._windows({"y": train.x})
+    torch.testing.assert_close(anomalies.mean(0), torch.zeros(12, 2, 6), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        anomalies.std(0, unbiased=False), torch.ones(12, 2, 6), atol=1e-5, rtol=0
+    )
+
+    short = CausalDiscoveryTask(
+        num_locations=6, num_variables=2, num_latents=2, input_key="y", seasonal_period=24
+    )
+    with pytest.raises(ValueError, match="never reach some phase of seasonal_period=24"):
+        short.fit_seasonal_statistics(DataLoader(train, batch_size=7))
+
+    # In fit, the statistics come from the datamodule's training loader and go into checkpoints.
+    fitted = CausalDiscoveryTask(
+        num_locations=6, num_variables=2, num_latents=2, input_key="y", seasonal_period=12
+    )
+    trainer = Trainer(max_epochs=1, limit_train_batches=2, **trainer_kwargs)
+    trainer.fit(fitted, _CalendarDataModule(batch_size=8))
+    torch.testing.assert_close(fitted.seasonal_mean, train.x.mean(0))
+    path = tmp_path / "seasonal.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = CausalDiscoveryTask.load_from_checkpoint(path)
+    assert bool(loaded.seasonal_ready) and torch.equal(loaded.seasonal_std, fitted.seasonal_std)

@@ -1,0 +1,241 @@
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+
+from lightning_climate.callbacks import DownscalingReport
+from lightning_climate.datamodules import NavierStokesDataModule
+from lightning_climate.main import main
+from lightning_climate.models import DFNO, SRCNN
+from lightning_climate.tasks import DownscalingTask
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+TINY_DFNO = [
+    "--model.init_args.model.init_args.hidden_channels",
+    "4",
+    "--model.init_args.model.init_args.num_residual_blocks",
+    "1",
+    "--model.init_args.model.init_args.n_modes",
+    "[4, 4]",
+]
+TINY_SRCNN = [
+    "--model.init_args.model.init_args.hidden_channels",
+    "4",
+    "--model.init_args.model.init_args.num_residual_blocks",
+    "1",
+]
+
+
+def cli_args(config: str, navier_stokes_file: Path, tmp_path: Path) -> list[str]:
+    return [
+        "--config",
+        str(EXAMPLES / config),
+        "--data.init_args.path",
+        str(navier_stokes_file),
+        "--data.init_args.resolution",
+        "16",
+        "--data.init_args.val_fraction",
+        "0.25",
+        "--data.init_args.test_fraction",
+        "0.25",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("config", "tiny"),
+    [("navier_stokes_dfno.yaml", TINY_DFNO), ("navier_stokes_srcnn.yaml", TINY_SRCNN)],
+)
+def test_examples_fit_test_predict(
+    config: str,
+    tiny: list[str],
+    navier_stokes_file: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = cli_args(config, navier_stokes_file, tmp_path) + tiny
+    main(["fit", *args, "--trainer.max_epochs", "1", "--trainer.logger", "false"])
+    out = capsys.readouterr().out
+    assert "bicubic rel. L2" in out and "x4" in out
+    figure = tmp_path / "downscaling_report.png"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ckpts = list(tmp_path.rglob("*.ckpt"))
+    assert len(ckpts) == 1
+    main(["test", *args, "--ckpt_path", str(ckpts[0]), "--trainer.logger", "false"])
+    main(["predict", *args, "--ckpt_path", str(ckpts[0]), "--trainer.logger", "false"])
+
+
+def test_python_m_entry_point() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "lightning_climate", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "fit" in out.stdout and "predict" in out.stdout
+    version = subprocess.run(
+        [sys.executable, "-m", "lightning_climate", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert version.stdout.strip().endswith("0.1.0")
+
+
+def small_datamodule(path: Path) -> NavierStokesDataModule:
+    return NavierStokesDataModule(
+        path=path, resolution=16, batch_size=4, val_fraction=0.25, test_fraction=0.25
+    )
+
+
+def test_training_lowers_loss_and_checkpoint_keeps_statistics(
+    navier_stokes_file: Path, tmp_path: Path, trainer_kwargs: dict[str, Any]
+) -> None:
+    torch.manual_seed(0)
+    dm = small_datamodule(navier_stokes_file)
+    task = DownscalingTask(DFNO(hidden_channels=8, num_residual_blocks=1, n_modes=(8, 8)))
+    trainer = Trainer(max_epochs=15, limit_val_batches=0, **trainer_kwargs)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    trainer.fit(task, datamodule=dm)
+    stats = dm.train_statistics()
+    assert torch.equal(task.normalizer.minimum, stats["min"]) and torch.equal(
+        task.normalizer.maximum, stats["max"]
+    )
+    with torch.no_grad():
+        pred = task(batch["lr"], 2)
+        err_model = torch.mean((pred - batch["hr"]) ** 2).item()
+        bicubic = torch.nn.functional.interpolate(batch["lr"], scale_factor=2, mode="bicubic")
+        err_bicubic = torch.mean((bicubic - batch["hr"]) ** 2).item()
+    # DFNO's output is the interpolated input plus a learned correction: after training it must beat bicubic.
+    assert err_model < err_bicubic
+    path = tmp_path / "task.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = DownscalingTask.load_from_checkpoint(
+        path, model=DFNO(hidden_channels=8, num_residual_blocks=1, n_modes=(8, 8))
+    )
+    assert torch.equal(loaded.normalizer.minimum, stats["min"])
+    with torch.no_grad():
+        assert torch.allclose(loaded(batch["lr"], 2), pred)
+
+
+def test_test_metrics_are_logged_per_factor(
+    navier_stokes_file: Path, trainer_kwargs: dict[str, Any]
+) -> None:
+    dm = small_datamodule(navier_stokes_file)
+    task = DownscalingTask(SRCNN(factor=2, hidden_channels=4, num_residual_blocks=1))
+    results = Trainer(**trainer_kwargs).test(task, datamodule=dm)
+    keys = set().union(*results)
+    for name in ("x1", "x2", "x4"):
+        assert {
+            f"test_{name}_MSE",
+            f"test_{name}_RelativeL2",
+            f"test_{name}_MAE",
+            f"test_{name}_loss",
+        } <= keys
+    # Each test set reports its own numbers.
+    assert results[0]["test_x1_MSE"] != results[2]["test_x4_MSE"]
+
+
+def test_report_matches_direct_computation(
+    navier_stokes_file: Path, trainer_kwargs: dict[str, Any]
+) -> None:
+    torch.manual_seed(0)
+    dm = small_datamodule(navier_stokes_file)
+    task = DownscalingTask(DFNO(hidden_channels=4, num_residual_blocks=1, n_modes=(4, 4)))
+    report = DownscalingReport()
+    Trainer(max_steps=2, limit_val_batches=0, callbacks=[report], **trainer_kwargs).fit(
+        task, datamodule=dm
+    )
+    assert report.results["x1"]["base_MSE"] == pytest.approx(
+        0.0, abs=1e-12
+    )  # bicubic at 1x is the identity
+    ds = dm.test_dataset["x4"]
+    lr = torch.stack([ds[i]["lr"] for i in range(len(ds))])
+    hr = torch.stack([ds[i]["hr"] for i in range(len(ds))])
+    with torch.no_grad():
+        mse = torch.mean((task(lr, 4) - hr) ** 2).item()
+    bicubic = torch.nn.functional.interpolate(
+        lr, size=hr.shape[-2:], mode="bicubic", align_corners=False
+    )
+    assert report.results["x4"]["MSE"] == pytest.approx(mse, rel=1e-5)
+    assert report.results["x4"]["base_MSE"] == pytest.approx(
+        torch.mean((bicubic - hr) ** 2).item(), rel=1e-5
+    )
+    assert report.figure_path is not None and report.figure_path.exists()
+
+
+def test_bad_arguments_and_shapes() -> None:
+    with pytest.raises(ValueError, match="loss must be one of"):
+        DownscalingTask(SRCNN(), loss="huber")  # type: ignore[arg-type]
+    task = DownscalingTask(SRCNN(factor=2, hidden_channels=4, num_residual_blocks=1))
+    batch = {
+        "lr": torch.randn(2, 1, 8, 8),
+        "hr": torch.randn(2, 1, 16, 24),
+        "index": torch.arange(2),
+    }
+    with pytest.raises(ValueError, match="different factors along the two axes"):
+        task.training_step(batch, 0)
+    with pytest.raises(ValueError, match="max_batches"):
+        DownscalingReport(max_batches=0)
+
+
+@pytest.mark.ddp
+def test_ddp_two_processes_train_the_example(navier_stokes_file: Path, tmp_path: Path) -> None:
+    args = cli_args("navier_stokes_dfno.yaml", navier_stokes_file, tmp_path) + TINY_DFNO
+    main(
+        [
+            "fit",
+            *args,
+            "--trainer.max_steps",
+            "3",
+            "--trainer.devices",
+            "2",
+            "--trainer.strategy",
+            "ddp_spawn",
+            "--trainer.logger",
+            "false",
+            "--trainer.limit_val_batches",
+            "1",
+        ]
+    )
+    ckpt = next(tmp_path.rglob("*.ckpt"))
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert state["global_step"] == 3
+    assert all(
+        torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point()
+    )
+
+
+@pytest.mark.parametrize("constraint", ["add", "softmax"])
+def test_constraint_conserves_block_means_at_every_factor(constraint: str) -> None:
+    torch.manual_seed(0)
+    task = DownscalingTask(
+        DFNO(hidden_channels=4, num_residual_blocks=1, n_modes=(4, 4)), constraint=constraint
+    )
+    task.normalizer.set_statistics(torch.tensor([-1.0]), torch.tensor([1.0]))
+    lr = torch.rand(2, 1, 8, 8) * 1.6 - 0.8
+    with torch.no_grad():
+        assert torch.allclose(
+            task(lr, 1), lr, atol=1e-5
+        )  # 1x under a conservation layer is the input
+        for factor in (2, 4):
+            out = task(lr, factor)
+            pooled = torch.nn.functional.avg_pool2d(out, factor)
+            assert torch.allclose(pooled, lr, atol=1e-5)
+
+
+def test_constraint_twice_is_refused() -> None:
+    from lightning_climate.layers import ConstrainedModel
+
+    with pytest.raises(ValueError, match="already ends in the 'add' constraint"):
+        DownscalingTask(ConstrainedModel(SRCNN(), "add"), constraint="softmax")

@@ -20,8 +20,6 @@ _PIP_NAMES = {
     "netCDF4": "netCDF4",
     "lmdb": "lmdb",
     "ase": "ase",
-    "vesin.torch": "vesin-torch",
-    "vesin_torch": "vesin-torch",
     "zarr": "zarr",
 }
 
@@ -30,7 +28,7 @@ def lazy_import(name: str) -> ModuleType:
     """Import an optional dependency, or raise an error that says how to install it.
 
     Args:
-        name: module to import, e.g. ``"xarray"`` or ``"vesin.torch"``.
+        name: module to import, e.g. ``"xarray"`` or ``"vesin_torch"``.
 
     Raises:
         ModuleNotFoundError: naming the pip requirement and the extra that includes it.

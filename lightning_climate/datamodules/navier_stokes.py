@@ -10,11 +10,12 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_climate.datamodules.base import BaseDataModule
-from lightning_climate.datasets.downscaling import BlockMeanPairs, block_mean
+from lightning_climate.datasets.downscaling import BlockMeanPairs
 from lightning_climate.datasets.navier_stokes import (
     NavierStokesTrajectories,
     generate_navier_stokes,
 )
+from lightning_climate.layers.constraints import block_mean
 
 __all__ = ["NavierStokesDataModule"]
 

@@ -5,31 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["BlockMeanPairs", "block_mean"]
+from lightning_climate.layers.constraints import block_mean
 
-
-def block_mean(x: Tensor, factor: int) -> Tensor:
-    """Mean over non-overlapping ``factor``×``factor`` blocks of the last two axes of ``x``.
-
-    Raises:
-        ValueError: if a side of ``x`` is not divisible by ``factor``; crop the field first.
-    """
-    if factor < 1:
-        raise ValueError(f"factor must be a positive integer, got {factor}.")
-    h, w = x.shape[-2:]
-    if h % factor or w % factor:
-        raise ValueError(
-            f"a field of {h}x{w} pixels cannot be split into {factor}x{factor} blocks; crop it "
-            f"to a multiple of {factor} or choose a factor that divides both sides."
-        )
-    if factor == 1:
-        return x
-    lead = x.shape[:-2]
-    return F.avg_pool2d(x.reshape(-1, 1, h, w), factor).reshape(*lead, h // factor, w // factor)
+__all__ = ["BlockMeanPairs"]
 
 
 class BlockMeanPairs(Dataset[dict[str, Tensor]]):

@@ -26,10 +26,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from lightning_climate.layers.constraints import block_mean
 from lightning_climate.utils import atomic_path, lazy_import
 
 __all__ = ["ERA5Dataset", "FieldNormalizer", "find_era5_files", "generate_era5"]
@@ -378,7 +378,7 @@ class ERA5Dataset(Dataset[dict[str, Tensor]]):
             hr = self.read_field(field, slice(i * p, (i + 1) * p), slice(j * p, (j + 1) * p))
         if self.normalizer is not None:
             hr = self.normalizer(hr)
-        lr = F.avg_pool2d(hr[None], self.factor)[0] if self.factor > 1 else hr.clone()
+        lr = block_mean(hr, self.factor) if self.factor > 1 else hr.clone()
         t = field // self.members
         return {
             "hr": hr,

@@ -66,11 +66,26 @@ def infer_factor(y_highres: Tensor, x_lowres: Tensor) -> tuple[int, int]:
     return hh // h, ww // w
 
 
-def block_mean(y: Tensor, factor: tuple[int, int]) -> Tensor:
-    """Mean over non-overlapping ``factor`` blocks of the last two axes (average pooling)."""
-    if factor == (1, 1):
+def block_mean(y: Tensor, factor: int | tuple[int, int]) -> Tensor:
+    """Mean over non-overlapping ``factor`` blocks of the last two axes of ``y`` (any leading axes).
+
+    Raises:
+        ValueError: if a side is not divisible by its factor; crop the field first.
+    """
+    fh, fw = (factor, factor) if isinstance(factor, int) else factor
+    h, w = y.shape[-2:]
+    if fh < 1 or fw < 1:
+        raise ValueError(f"block factors must be positive integers, got {factor}.")
+    if h % fh or w % fw:
+        raise ValueError(
+            f"a field of {h}x{w} pixels cannot be split into {fh}x{fw} blocks; crop it to a "
+            f"multiple of the factor or choose a factor that divides both sides."
+        )
+    if (fh, fw) == (1, 1):
         return y
-    return F.avg_pool2d(y, kernel_size=factor, stride=factor)
+    lead = y.shape[:-2]
+    pooled = F.avg_pool2d(y.reshape(-1, 1, h, w), kernel_size=(fh, fw), stride=(fh, fw))
+    return pooled.reshape(*lead, h // fh, w // fw)
 
 
 def upsample_blocks(x: Tensor, factor: tuple[int, int]) -> Tensor:

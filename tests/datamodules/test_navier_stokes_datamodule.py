@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from lightning_climate.datamodules import NavierStokesDataModule
-from lightning_climate.datasets.downscaling import block_mean
 from lightning_climate.datasets.navier_stokes import NavierStokesTrajectories
+from lightning_climate.layers.constraints import block_mean
 
 
 @pytest.fixture

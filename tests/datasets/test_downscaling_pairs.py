@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from lightning_climate.datasets.downscaling import BlockMeanPairs, block_mean
+from lightning_climate.datasets.downscaling import BlockMeanPairs
+from lightning_climate.layers.constraints import block_mean
 
 
 def test_block_mean_value() -> None:
@@ -11,9 +12,9 @@ def test_block_mean_value() -> None:
 
 
 def test_block_mean_errors() -> None:
-    with pytest.raises(ValueError, match="crop it to a multiple of 3"):
+    with pytest.raises(ValueError, match="cannot be split into 3x3 blocks"):
         block_mean(torch.zeros(1, 4, 4), 3)
-    with pytest.raises(ValueError, match="positive integer"):
+    with pytest.raises(ValueError, match="positive integers"):
         block_mean(torch.zeros(1, 4, 4), 0)
 
 

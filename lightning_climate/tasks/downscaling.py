@@ -10,6 +10,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from lightning_climate.layers.constrained import ConstrainedModel
 from lightning_climate.layers.constraints import ConstraintName
@@ -32,8 +33,10 @@ class DownscalingTask(BaseTask):
     Fields are normalised inside the task with a per-channel min–max map taken from the
     datamodule's training statistics (``datamodule.train_statistics()`` returning ``min`` and
     ``max``) and stored in buffers, so a checkpoint carries them. The same map is applied to ``lr``
-    and ``hr``, which keeps block means intact. The loss is computed in normalised units; metrics
-    (MSE, MAE, relative L2) in physical units.
+    and ``hr``, which keeps block means intact. The loss is computed in normalised units; MSE, MAE
+    and relative L2 in physical units; PSNR (and SSIM if ``ssim_kernel_size`` is set) in normalised
+    units with a data range of 1, which equals PSNR/SSIM in physical units with the training range
+    as data range (both are invariant under the shared affine map).
 
     Metrics are logged as ``{stage}_{name}`` for training and validation, and as
     ``test_{loader}_{name}`` for each named test set of the datamodule (for example
@@ -49,6 +52,8 @@ class DownscalingTask(BaseTask):
             ``"softmax"`` accepts inputs below the training minimum (they give negative blocks)
             rather than failing on test data outside the training range.
         predict_factor: factor used by ``predict`` for batches that carry no ``hr`` grid.
+        ssim_kernel_size: Gaussian window of SSIM (odd; every grid must be at least this large);
+            ``None`` leaves SSIM out.
         optimizer: optimizer callable, see :class:`~lightning_climate.tasks.BaseTask`.
         lr_scheduler: optional scheduler callable.
     """
@@ -60,6 +65,7 @@ class DownscalingTask(BaseTask):
         loss: Loss = "mse",
         constraint: ConstraintName = "none",
         predict_factor: float = 2.0,
+        ssim_kernel_size: int | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
@@ -77,13 +83,42 @@ class DownscalingTask(BaseTask):
         self.model = model
         self.loss_name = loss
         self.normalizer = MinMaxNormalizer(in_channels)
-        metrics = MetricCollection(
-            {"MSE": MeanSquaredError(), "MAE": MeanAbsoluteError(), "RelativeL2": RelativeL2Error()}
-        )
-        self.train_metrics = metrics.clone(prefix="train_")
-        self.val_metrics = metrics.clone(prefix="val_")
-        self._metrics_template = metrics
+        if ssim_kernel_size is not None and (ssim_kernel_size < 3 or ssim_kernel_size % 2 == 0):
+            raise ValueError(
+                f"ssim_kernel_size must be an odd integer >= 3, got {ssim_kernel_size}."
+            )
+        self.ssim_kernel_size = ssim_kernel_size
+        self.train_metrics = self._stage_metrics("train_")
+        self.val_metrics = self._stage_metrics("val_")
         self.test_metrics = nn.ModuleDict()
+
+    def _stage_metrics(self, prefix: str) -> nn.ModuleDict:
+        """Metrics of one stage: ``physical`` (physical units) and ``normalised`` (PSNR, SSIM)."""
+        physical = MetricCollection(
+            {
+                "MSE": MeanSquaredError(),
+                "MAE": MeanAbsoluteError(),
+                "RelativeL2": RelativeL2Error(),
+            },
+            prefix=prefix,
+        )
+        image: dict[str, Any] = {"PSNR": PeakSignalNoiseRatio(data_range=1.0)}
+        if self.ssim_kernel_size is not None:
+            image["SSIM"] = StructuralSimilarityIndexMeasure(
+                data_range=1.0, kernel_size=self.ssim_kernel_size
+            )
+        return nn.ModuleDict(
+            {"physical": physical, "normalised": MetricCollection(image, prefix=prefix)}
+        )
+
+    def _log_metrics(
+        self, metrics: nn.ModuleDict, pred_norm: Tensor, hr: Tensor, **kwargs: Any
+    ) -> None:
+        pred_norm = pred_norm.detach()
+        metrics["physical"](self.normalizer.inverse(pred_norm), hr)
+        metrics["normalised"](pred_norm, self.normalizer(hr))
+        for collection in metrics.values():
+            self.log_dict(collection, batch_size=hr.shape[0], **kwargs)
 
     def setup(self, stage: str) -> None:
         """Take the normalisation statistics from the datamodule when fitting."""
@@ -116,24 +151,20 @@ class DownscalingTask(BaseTask):
                 f"{tuple(hr.shape)}; it must be called as model(lr, factor) and return the target grid."
             )
         loss = self._loss(pred_norm, self.normalizer(hr))
-        return loss, self.normalizer.inverse(pred_norm), hr
+        return loss, pred_norm, hr
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         """Fit one batch; log the loss and the training metrics."""
-        loss, pred, hr = self._shared_step(batch)
-        batch_size = hr.shape[0]
-        self.log("train_loss", loss, batch_size=batch_size, prog_bar=True)
-        self.train_metrics(pred.detach(), hr)
-        self.log_dict(self.train_metrics, batch_size=batch_size)
+        loss, pred_norm, hr = self._shared_step(batch)
+        self.log("train_loss", loss, batch_size=hr.shape[0], prog_bar=True)
+        self._log_metrics(self.train_metrics, pred_norm, hr)
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         """Evaluate one validation batch."""
-        loss, pred, hr = self._shared_step(batch)
-        batch_size = hr.shape[0]
-        self.log("val_loss", loss, batch_size=batch_size, prog_bar=True)
-        self.val_metrics(pred, hr)
-        self.log_dict(self.val_metrics, batch_size=batch_size)
+        loss, pred_norm, hr = self._shared_step(batch)
+        self.log("val_loss", loss, batch_size=hr.shape[0], prog_bar=True)
+        self._log_metrics(self.val_metrics, pred_norm, hr)
 
     def _test_names(self) -> list[str]:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -146,21 +177,15 @@ class DownscalingTask(BaseTask):
     def on_test_start(self) -> None:
         """Create one metric collection per named test set."""
         self.test_metrics = nn.ModuleDict(
-            {
-                name: self._metrics_template.clone(prefix=f"test_{name}_")
-                for name in self._test_names()
-            }
+            {name: self._stage_metrics(f"test_{name}_") for name in self._test_names()}
         ).to(self.device)
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         """Evaluate one batch of the test set ``dataloader_idx`` and log under its name."""
-        loss, pred, hr = self._shared_step(batch)
+        loss, pred_norm, hr = self._shared_step(batch)
         name = list(self.test_metrics)[dataloader_idx]
-        metrics = self.test_metrics[name]
-        batch_size = hr.shape[0]
-        self.log(f"test_{name}_loss", loss, batch_size=batch_size, add_dataloader_idx=False)
-        metrics(pred, hr)
-        self.log_dict(metrics, batch_size=batch_size, add_dataloader_idx=False)
+        self.log(f"test_{name}_loss", loss, batch_size=hr.shape[0], add_dataloader_idx=False)
+        self._log_metrics(self.test_metrics[name], pred_norm, hr, add_dataloader_idx=False)
 
     def predict_step(
         self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0

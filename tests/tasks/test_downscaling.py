@@ -239,3 +239,23 @@ def test_constraint_twice_is_refused() -> None:
 
     with pytest.raises(ValueError, match="already ends in the 'add' constraint"):
         DownscalingTask(ConstrainedModel(SRCNN(), "add"), constraint="softmax")
+
+
+def test_psnr_and_ssim_use_the_training_range(
+    navier_stokes_file: Path, trainer_kwargs: dict[str, Any]
+) -> None:
+    """PSNR in normalised units with data range 1 is PSNR in physical units with the training range."""
+    torch.manual_seed(0)
+    dm = small_datamodule(navier_stokes_file)
+    task = DownscalingTask(
+        SRCNN(factor=2, hidden_channels=4, num_residual_blocks=1), ssim_kernel_size=5
+    )
+    Trainer(max_steps=1, limit_val_batches=0, **trainer_kwargs).fit(task, datamodule=dm)
+    (result,) = Trainer(**trainer_kwargs).validate(task, datamodule=dm)
+    stats = dm.train_statistics()
+    data_range = (stats["max"] - stats["min"]).item() + task.normalizer.eps
+    expected = 10 * torch.log10(torch.tensor(data_range**2 / result["val_MSE"])).item()
+    assert result["val_PSNR"] == pytest.approx(expected, rel=1e-4)
+    assert 0 < result["val_SSIM"] <= 1
+    with pytest.raises(ValueError, match="odd integer >= 3"):
+        DownscalingTask(SRCNN(), ssim_kernel_size=4)

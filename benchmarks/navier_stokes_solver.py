@@ -70,9 +70,9 @@ def best_of(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--resolutions", type=int, nargs="+", default=[64, 64, 256, 256])
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 16, 1, 4])
-    parser.add_argument("--steps", type=int, nargs="+", default=[300, 100, 20, 10])
+    parser.add_argument("--resolutions", type=int, nargs="+", default=[64, 64, 64, 256, 256, 256])
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 16, 50, 1, 4, 16])
+    parser.add_argument("--steps", type=int, nargs="+", default=[300, 100, 60, 20, 10, 8])
     parser.add_argument("--viscosity", type=float, default=1e-3)
     parser.add_argument("--dt", type=float, default=1e-3)
     parser.add_argument("--t-final", type=float, default=10.0)

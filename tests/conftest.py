@@ -44,3 +44,25 @@ def navier_stokes_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
         dt=1e-2,
         progress=False,
     )
+
+
+#: climate models and grid of the shared generated ClimateSet tree
+CLIMATESET_MODELS = ["NorESM2-LM", "MPI-ESM1-2-HR"]
+CLIMATESET_GRID = (8, 12)
+
+
+@pytest.fixture(scope="session")
+def climateset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small generated ClimateSet tree: 2 models, 4 scenarios, 2015–2024, 8×12 grid."""
+    from lightning_climate.datasets import generate_climateset
+
+    path = tmp_path_factory.mktemp("climateset")
+    scenarios = ["ssp126", "ssp245", "ssp370", "ssp585"]
+    return generate_climateset(
+        path,
+        CLIMATESET_MODELS,
+        scenarios,
+        range(2015, 2025),
+        grid_shape=CLIMATESET_GRID,
+        progress=False,
+    )

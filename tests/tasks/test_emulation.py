@@ -7,27 +7,23 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import CLIMATESET_GRID, CLIMATESET_MODELS
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_climate.datamodules import ClimateSetDataModule
-from lightning_climate.datasets import generate_climateset
 from lightning_climate.main import main
 from lightning_climate.models import CNNLSTM, SuperEmulator, UNet
 from lightning_climate.tasks import EmulationTask
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
-MODELS = ["NorESM2-LM", "MPI-ESM1-2-HR"]
-GRID = (8, 12)
+MODELS = CLIMATESET_MODELS
+GRID = CLIMATESET_GRID
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("climateset_task")
-    scenarios = ["ssp126", "ssp245", "ssp370", "ssp585"]
-    return generate_climateset(
-        path, MODELS, scenarios, range(2015, 2021), grid_shape=GRID, progress=False
-    )
+def root(climateset_root: Path) -> Path:
+    return climateset_root
 
 
 def datamodule(root: Path, **kwargs: Any) -> ClimateSetDataModule:

@@ -432,3 +432,14 @@ def test_two_processes_give_the_single_process_results(tmp_path: Path) -> None:
     fdim_single = json.loads((tmp_path / "fdim_1.json").read_text())
     fdim_double = json.loads((tmp_path / "fdim_2.json").read_text())
     assert len(fdim_single) == 2 and fdim_double == fdim_single
+
+
+def test_unwritable_path_is_an_error_naming_the_file(
+    trainer_kwargs: dict[str, Any], tmp_path: Path
+) -> None:
+    path = tmp_path / "taken.nc"
+    path.mkdir()  # a directory where the file should go
+    trainer = Trainer(max_epochs=2, callbacks=[DifficultyScores(path=str(path))], **trainer_kwargs)
+    with pytest.raises(OSError, match=r"could not write its scores to .*taken\.nc.*writable file"):
+        trainer.fit(TinyClassifier(), TinyDigits())
+    assert path.is_dir() and not any(path.iterdir())

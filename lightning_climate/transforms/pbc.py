@@ -7,16 +7,21 @@ larger than the cell). On top of it we apply what OC20 models expect:
 - ``edge_index[0]`` is the neighbour ``j`` (source), ``edge_index[1]`` the centre ``i`` (target);
 - ``cell_offsets[e]`` is the integer image of ``j``: ``vec_e = pos[j] + cell_offsets[e] @ cell - pos[i]``;
 - each centre keeps its ``max_neighbors`` nearest neighbours (exact ties keep vesin's order, which
-  is deterministic); the graph is therefore not symmetric. Edges come sorted by centre, then
-  distance;
-- ``distances`` are recomputed in torch from ``pos`` and the offsets, so they carry gradients for
-  forces computed as ``-dE/dpos``.
+  is deterministic); the graph is therefore not symmetric. Edges then come sorted by centre, then
+  distance (with ``max_neighbors=None`` they keep vesin's order: no sort is needed);
+- ``distances`` are recomputed in torch from ``pos`` and the offsets when ``pos`` requires grad, so
+  they carry gradients for forces computed as ``-dE/dpos``; otherwise they are vesin's float64
+  lengths cast to ``pos.dtype``. Models that need forces recompute them with :func:`edge_vectors`
+  anyway.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch_geometric.data import Data
@@ -80,7 +85,7 @@ def radius_graph_pbc(
 
     Returns:
         ``edge_index`` (2, E) with global atom indices, ``cell_offsets`` (E, 3) long and
-        ``distances`` (E,) (differentiable in ``pos``).
+        ``distances`` (E,) (differentiable in ``pos`` when it requires grad).
 
     Raises:
         ValueError: a cell of zero volume along periodic directions, or a bad argument.
@@ -89,47 +94,71 @@ def radius_graph_pbc(
         raise ValueError(f"cutoff must be positive (Å), got {cutoff}.")
     if max_neighbors is not None and max_neighbors < 1:
         raise ValueError(f"max_neighbors must be >= 1 or None, got {max_neighbors}.")
-    vesin = lazy_import("vesin_torch")
     cell = cell.reshape(-1, 3, 3)
     if cell.shape[0] != ptr.numel() - 1:
         raise ValueError(f"got {cell.shape[0]} cells for {ptr.numel() - 1} systems.")
-    periodic = torch.tensor(list(pbc), dtype=torch.bool)
-    neighbor_list = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
-    edges, offsets, lengths = [], [], []
-    for g in range(cell.shape[0]):
-        start, stop = int(ptr[g]), int(ptr[g + 1])
-        box = cell[g].detach().to(torch.float64).cpu()
-        if bool(periodic.any()) and abs(float(torch.linalg.det(box))) < 1e-6:
+    boxes = cell.detach().to("cpu", torch.float64)
+    points = pos.detach().to("cpu", torch.float64)
+    if any(pbc):
+        flat = np.flatnonzero(np.abs(np.linalg.det(boxes.numpy())) < 1e-6)
+        if flat.size:
+            g = int(flat[0])
             raise ValueError(
-                f"system {g} has a cell of zero volume ({box.tolist()}); periodic graphs need "
+                f"system {g} has a cell of zero volume ({boxes[g].tolist()}); periodic graphs need "
                 "three independent lattice vectors. Set the cell, or pbc=(False, False, False)."
             )
-        points = pos[start:stop].detach().to(torch.float64).cpu()
-        i, j, shifts, dist = neighbor_list.compute(points, box, periodic, "ijSd")
-        edges.append(torch.stack([j, i]) + start)
-        offsets.append(shifts)
-        lengths.append(dist)
-    edge_index, cell_offsets, dist = (
-        torch.cat(edges, 1),
-        torch.cat(offsets).long(),
-        torch.cat(lengths),
-    )
+    periodic = torch.tensor(list(pbc), dtype=torch.bool)
+    neighbor_list = _neighbor_list(float(cutoff))
+    bounds = ptr.tolist()
+    parts = []
+    for g in range(len(bounds) - 1):
+        start, stop = bounds[g], bounds[g + 1]
+        i, j, shifts, dist = neighbor_list.compute(points[start:stop], boxes[g], periodic, "ijSd")
+        parts.append((i.numpy() + start, j.numpy() + start, shifts.numpy(), dist.numpy()))
+    # the bookkeeping below is in NumPy: on OC20-sized systems (a few thousand edges) it is about
+    # half the time of the same operations in torch, whose per-call overhead dominates
+    if len(parts) == 1:
+        i, j, shifts, dist = parts[0]
+    else:
+        i, j, shifts, dist = (np.concatenate(arrays) for arrays in zip(*parts, strict=True))
     keep = dist > 1e-4  # coincident atoms (or an atom and its own image) are not neighbours
-    edge_index, cell_offsets, dist = edge_index[:, keep], cell_offsets[keep], dist[keep]
-    # one sort by (centre, distance); ties keep vesin's (deterministic) order
-    order = torch.sort(edge_index[1].double() * (cutoff + 1.0) + dist, stable=True).indices
+    if not keep.all():
+        i, j, shifts, dist = i[keep], j[keep], shifts[keep], dist[keep]
     if max_neighbors is not None:
-        centre = edge_index[1, order]
-        counts = torch.bincount(centre, minlength=int(ptr[-1]))
-        rank = torch.arange(order.numel()) - (torch.cumsum(counts, 0) - counts)[centre]
-        order = order[rank < max_neighbors]
-    edge_index = edge_index[:, order].to(pos.device)
-    cell_offsets = cell_offsets[order].to(pos.device)
-    batch = torch.repeat_interleave(
-        torch.arange(cell.shape[0], device=pos.device), ptr.diff().to(pos.device)
-    )
-    _, dist = edge_vectors(pos, cell.to(pos.device), edge_index, cell_offsets, batch)
-    return edge_index, cell_offsets, dist
+        # one stable sort by (centre, distance); ties keep vesin's (deterministic) order
+        order = np.argsort(i * (cutoff + 1.0) + dist, kind="stable")
+        centre = i[order]
+        counts = np.bincount(centre, minlength=bounds[-1])
+        if (counts > max_neighbors).any():
+            rank = np.arange(order.size) - (np.cumsum(counts) - counts)[centre]
+            order = order[rank < max_neighbors]
+        i, j, shifts, dist = (np.take(a, order, axis=0) for a in (i, j, shifts, dist))
+    edge_index = torch.from_numpy(np.stack([j, i])).to(pos.device)
+    cell_offsets = torch.from_numpy(shifts.astype(np.int64)).to(pos.device)
+    if pos.requires_grad:
+        batch = torch.repeat_interleave(
+            torch.arange(cell.shape[0], device=pos.device), ptr.diff().to(pos.device)
+        )
+        _, distances = edge_vectors(pos, cell.to(pos.device), edge_index, cell_offsets, batch)
+    else:  # vesin's float64 lengths are the same numbers, more precisely
+        distances = torch.from_numpy(dist).to(pos.device, pos.dtype)
+    return edge_index, cell_offsets, distances
+
+
+def _neighbor_list(cutoff: float) -> Any:
+    """One vesin ``NeighborList`` per cutoff and thread (it reuses its buffers between calls).
+
+    Single-threaded: OC20 systems are too small for vesin's threads to pay off, and DataLoader
+    workers already run in parallel.
+    """
+    lists = _THREAD_STATE.__dict__.setdefault("neighbor_lists", {})
+    if cutoff not in lists:
+        vesin = lazy_import("vesin_torch")
+        lists[cutoff] = vesin.NeighborList(cutoff=cutoff, full_list=True, n_threads=1)
+    return lists[cutoff]
+
+
+_THREAD_STATE = threading.local()
 
 
 class RadiusGraphPBC(BaseTransform):

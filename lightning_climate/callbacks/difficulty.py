@@ -243,16 +243,21 @@ class DifficultyScores(Callback):
     ) -> None:
         """Finish writing the records scored before the crash (the training error propagates)."""
         try:
-            self._flush()
+            self._close()
         except Exception as err:  # noqa: BLE001 - must not mask the training error
             rank_zero_warn(f"DifficultyScores could not write its last record: {err!r}")
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Stop the writer thread."""
-        self._flush()
-        if self._writer is not None:
-            self._writer.shutdown()
-            self._writer = None
+        self._close()
+
+    def _close(self) -> None:
+        try:
+            self._flush()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown()
+                self._writer = None
 
     def state_dict(self) -> dict[str, Any]:
         """Written records, the accuracy trace (forgetting) and the VoG accumulators."""

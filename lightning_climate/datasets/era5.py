@@ -8,9 +8,10 @@ understood: the CDS NetCDF service (``valid_time``, ``pressure_level``, ``latitu
 ``number`` (ERA5 EDA members) is treated as more samples at the same time.
 
 Samples are ``{"hr": float32 (C, H, W), "lr": float32 (C, H/N, W/N), "index": int64,
-"time": int64}``: ``hr`` is the field cropped to a multiple of the factor N (or a patch of it),
-normalised by the given :class:`FieldNormalizer`; ``lr`` is its NxN block mean, so the
-conservation constraint holds exactly in the data; ``time`` is in seconds since 1970-01-01.
+"time": int64, "lat": float32 (H,)}``: ``hr`` is the field cropped to a multiple of the factor N
+(or a patch of it), normalised by the given :class:`FieldNormalizer`; ``lr`` is its NxN block mean,
+so the conservation constraint holds exactly in the data; ``time`` is in seconds since 1970-01-01;
+``lat`` holds the latitudes (degrees) of the rows of ``hr``, for latitude-weighted metrics.
 Channels are the variables in the given order, pressure-level variables expanded per level
 (``t850``, ``t500``, ...). Latitudes are returned south to north.
 """
@@ -371,11 +372,13 @@ class ERA5Dataset(Dataset[dict[str, Tensor]]):
         per_field = self._patches[0] * self._patches[1]
         field, patch = divmod(index, per_field)
         if self.patch_size is None:
+            rows = slice(0, self._shape[0])
             hr = self.read_field(field)
         else:
             p = self.patch_size
             i, j = divmod(patch, self._patches[1])
-            hr = self.read_field(field, slice(i * p, (i + 1) * p), slice(j * p, (j + 1) * p))
+            rows = slice(i * p, (i + 1) * p)
+            hr = self.read_field(field, rows, slice(j * p, (j + 1) * p))
         if self.normalizer is not None:
             hr = self.normalizer(hr)
         lr = block_mean(hr, self.factor) if self.factor > 1 else hr.clone()
@@ -385,6 +388,7 @@ class ERA5Dataset(Dataset[dict[str, Tensor]]):
             "lr": lr,
             "index": torch.tensor(index, dtype=torch.int64),
             "time": torch.tensor(int(self.times[t].astype(np.int64)), dtype=torch.int64),
+            "lat": torch.tensor(self.latitudes[rows], dtype=torch.float32),
         }
 
 

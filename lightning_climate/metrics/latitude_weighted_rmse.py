@@ -14,6 +14,7 @@ result is identical however the samples are split across batches and processes.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -29,7 +30,15 @@ def latitude_weights(latitudes: Sequence[float] | Tensor) -> Tensor:
         ValueError: if a latitude is outside [-90, 90] (radians or a longitude axis passed by
             mistake) or every weight is zero.
     """
-    lat = torch.as_tensor(latitudes, dtype=torch.float64).flatten()
+    cos = _cosines(torch.as_tensor(latitudes, dtype=torch.float64).flatten())
+    if cos.sum() <= 0:
+        raise ValueError("latitudes are all at the poles; cos(lat) weights sum to zero.")
+    return cos / cos.mean()
+
+
+def _cosines(latitudes: Tensor) -> Tensor:
+    """``cos(lat)`` in float64, clamped at 0, after checking that ``latitudes`` are degrees."""
+    lat = latitudes.to(torch.float64)
     if lat.numel() == 0 or not torch.isfinite(lat).all():
         raise ValueError("latitudes must be a non-empty sequence of finite values in degrees.")
     if (lat.abs() > 90.0).any():
@@ -37,10 +46,7 @@ def latitude_weights(latitudes: Sequence[float] | Tensor) -> Tensor:
             f"latitudes must lie in [-90, 90] degrees, got min {lat.min().item():.4g} and max "
             f"{lat.max().item():.4g}. Pass the latitude coordinate in degrees, not the longitude."
         )
-    cos = torch.cos(torch.deg2rad(lat)).clamp_min(0.0)
-    if cos.sum() <= 0:
-        raise ValueError("latitudes are all at the poles; cos(lat) weights sum to zero.")
-    return cos / cos.mean()
+    return torch.cos(torch.deg2rad(lat)).clamp_min(0.0)
 
 
 def latitude_weighted_mse(preds: Tensor, target: Tensor, weights: Tensor) -> Tensor:
@@ -55,9 +61,14 @@ class LatitudeWeightedRMSE(Metric):
 
     Args:
         latitudes: latitude of each grid row in degrees (the grid's H axis), e.g. the ``lat``
-            coordinate of the data files.
+            coordinate of the data files. ``None`` when every :meth:`update` passes the
+            latitudes of its own fields (patches of a grid, or grids that differ).
         num_outputs: number of output variables. With 1, inputs are (..., H, W) and the result
             is a scalar; with C > 1, inputs are (..., C, H, W) and the result has shape (C,).
+
+    Patches that tile a grid, each updated with its own rows' latitudes, give the RMSE of the
+    whole grid: the statistics are ``sum(cos(lat) * err^2)`` and ``sum(cos(lat))`` (the constant
+    normalisation of the weights cancels).
 
     Example:
         >>> metric = LatitudeWeightedRMSE(latitudes=[-45.0, 0.0, 45.0])
@@ -73,12 +84,19 @@ class LatitudeWeightedRMSE(Metric):
     weight_total: Tensor
     weights: Tensor
 
-    def __init__(self, latitudes: Sequence[float] | Tensor, num_outputs: int = 1, **kwargs) -> None:
+    def __init__(
+        self, latitudes: Sequence[float] | Tensor | None = None, num_outputs: int = 1, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         if num_outputs < 1:
             raise ValueError(f"num_outputs must be >= 1, got {num_outputs}.")
         self.num_outputs = num_outputs
-        self.register_buffer("weights", latitude_weights(latitudes), persistent=False)
+        weights = (
+            torch.zeros(0, dtype=torch.float64)
+            if latitudes is None
+            else latitude_weights(latitudes)
+        )
+        self.register_buffer("weights", weights, persistent=False)
         self.add_state(
             "weighted_sum", torch.zeros(num_outputs, dtype=torch.float64), dist_reduce_fx="sum"
         )
@@ -86,7 +104,7 @@ class LatitudeWeightedRMSE(Metric):
             "weight_total", torch.zeros(num_outputs, dtype=torch.float64), dist_reduce_fx="sum"
         )
 
-    def _check(self, preds: Tensor, target: Tensor) -> None:
+    def _check(self, preds: Tensor, target: Tensor, rows: int) -> None:
         if preds.shape != target.shape:
             raise ValueError(f"preds {tuple(preds.shape)} and target {tuple(target.shape)} differ.")
         dims = 2 if self.num_outputs == 1 else 3
@@ -94,9 +112,9 @@ class LatitudeWeightedRMSE(Metric):
             raise ValueError(
                 f"Expected inputs with at least {dims} dims (..., {'C, ' * (dims == 3)}H, W)."
             )
-        if preds.shape[-2] != self.weights.numel():
+        if preds.shape[-2] != rows:
             raise ValueError(
-                f"The latitude axis (dim -2) has {preds.shape[-2]} rows but {self.weights.numel()} "
+                f"The latitude axis (dim -2) has {preds.shape[-2]} rows but {rows} "
                 "latitudes were given. Inputs must be (..., H=lat, W=lon); check for swapped axes."
             )
         if self.num_outputs > 1 and preds.shape[-3] != self.num_outputs:
@@ -104,18 +122,46 @@ class LatitudeWeightedRMSE(Metric):
                 f"Expected {self.num_outputs} variables on dim -3, got {preds.shape[-3]}."
             )
 
-    def update(self, preds: Tensor, target: Tensor) -> None:
-        """Accumulate ``sum(w * err^2)`` and ``sum(w)`` per variable."""
-        self._check(preds, target)
-        err2 = (preds.double() - target.double()) ** 2 * self.weights.to(preds.device)[:, None]
-        width = preds.shape[-1]
+    def _row_weights(self, preds: Tensor, latitudes: Tensor | None) -> Tensor:
+        """Weights broadcastable to ``preds``: the constructor's, or cos of ``latitudes``."""
+        if latitudes is None:
+            if self.weights.numel() == 0:
+                raise ValueError(
+                    "LatitudeWeightedRMSE has no latitudes: pass `latitudes` to the constructor "
+                    "(one grid) or to update() (per batch, e.g. the `lat` key of ERA5 samples)."
+                )
+            return self.weights.to(preds.device)[:, None]
+        lat = torch.as_tensor(latitudes, device=preds.device)
+        cos = _cosines(lat)
+        if lat.ndim == 1:
+            return cos[:, None]
+        if lat.ndim != 2 or lat.shape[0] != preds.shape[0]:
+            raise ValueError(
+                f"latitudes must be (H,) or (B, H) with B = {preds.shape[0]} samples, got "
+                f"shape {tuple(lat.shape)}."
+            )
+        return cos.reshape(lat.shape[0], *[1] * (preds.ndim - 3), lat.shape[1], 1)
+
+    def update(self, preds: Tensor, target: Tensor, latitudes: Tensor | None = None) -> None:
+        """Accumulate ``sum(w * err^2)`` and ``sum(w)`` per variable.
+
+        Args:
+            preds: predictions (..., H, W), or (..., C, H, W) with ``num_outputs = C``.
+            target: same shape as ``preds``.
+            latitudes: optional (H,) or (B, H) latitudes in degrees of these fields' rows
+                (B the leading dim of ``preds``), used instead of the constructor's.
+        """
+        weights = self._row_weights(preds, latitudes)
+        self._check(preds, target, weights.shape[-2])
+        weights = weights.expand(preds.shape)
+        err2 = (preds.double() - target.double()) ** 2 * weights
         if self.num_outputs == 1:
-            err2 = err2.reshape(1, -1, *preds.shape[-2:])
+            self.weighted_sum += err2.sum()
+            self.weight_total += weights.sum()
         else:
-            err2 = err2.reshape(-1, *preds.shape[-3:]).transpose(0, 1)
-        n_fields = err2.shape[1]
-        self.weighted_sum += err2.sum(dim=(1, 2, 3))
-        self.weight_total += self.weights.to(self.weight_total).sum() * width * n_fields
+            dims = [d for d in range(preds.ndim) if d != preds.ndim - 3]
+            self.weighted_sum += err2.sum(dim=dims)
+            self.weight_total += weights.sum(dim=dims)
 
     def compute(self) -> Tensor:
         """The RMSE per variable (shape (C,)), or a scalar when ``num_outputs == 1``."""

@@ -15,6 +15,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 from lightning_climate.layers.constrained import ConstrainedModel
 from lightning_climate.layers.constraints import ConstraintName
 from lightning_climate.layers.normalization import MinMaxNormalizer
+from lightning_climate.metrics.latitude_weighted_rmse import LatitudeWeightedRMSE
 from lightning_climate.metrics.relative_l2 import RelativeL2Error, relative_l2_error
 from lightning_climate.tasks.base import BaseTask
 
@@ -107,18 +108,47 @@ class DownscalingTask(BaseTask):
             image["SSIM"] = StructuralSimilarityIndexMeasure(
                 data_range=1.0, kernel_size=self.ssim_kernel_size
             )
+        # one per channel, updated only for batches that carry the latitudes of their rows
+        latitude = nn.ModuleList(LatitudeWeightedRMSE() for _ in range(self.hparams["in_channels"]))
         return nn.ModuleDict(
-            {"physical": physical, "normalised": MetricCollection(image, prefix=prefix)}
+            {
+                "physical": physical,
+                "normalised": MetricCollection(image, prefix=prefix),
+                "latitude": latitude,
+            }
         )
 
     def _log_metrics(
-        self, metrics: nn.ModuleDict, pred_norm: Tensor, hr: Tensor, **kwargs: Any
+        self,
+        metrics: nn.ModuleDict,
+        prefix: str,
+        pred_norm: Tensor,
+        batch: dict[str, Tensor],
+        **kwargs: Any,
     ) -> None:
+        hr, size = batch["hr"], batch["hr"].shape[0]
         pred_norm = pred_norm.detach()
-        metrics["physical"](self.normalizer.inverse(pred_norm), hr)
+        pred = self.normalizer.inverse(pred_norm)
+        metrics["physical"](pred, hr)
         metrics["normalised"](pred_norm, self.normalizer(hr))
-        for collection in metrics.values():
-            self.log_dict(collection, batch_size=hr.shape[0], **kwargs)
+        self.log_dict(metrics["physical"], batch_size=size, **kwargs)
+        self.log_dict(metrics["normalised"], batch_size=size, **kwargs)
+        if "lat" in batch:
+            for c, metric in enumerate(metrics["latitude"]):
+                metric(pred[:, c], hr[:, c], latitudes=batch["lat"])
+                name = f"{prefix}LatRMSE{self._channel_suffix(c)}"
+                self.log(name, metric, batch_size=size, **kwargs)
+
+    def _channel_suffix(self, channel: int) -> str:
+        """``""`` for one channel, else ``_<name>`` from ``datamodule.channels`` or ``_<index>``."""
+        count = self.hparams["in_channels"]
+        if count == 1:
+            return ""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        names = getattr(datamodule, "channels", None)
+        if isinstance(names, list | tuple) and len(names) == count:
+            return f"_{names[channel]}"
+        return f"_{channel}"
 
     def setup(self, stage: str) -> None:
         """Take the normalisation statistics from the datamodule when fitting."""
@@ -157,14 +187,14 @@ class DownscalingTask(BaseTask):
         """Fit one batch; log the loss and the training metrics."""
         loss, pred_norm, hr = self._shared_step(batch)
         self.log("train_loss", loss, batch_size=hr.shape[0], prog_bar=True)
-        self._log_metrics(self.train_metrics, pred_norm, hr)
+        self._log_metrics(self.train_metrics, "train_", pred_norm, batch)
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         """Evaluate one validation batch."""
         loss, pred_norm, hr = self._shared_step(batch)
         self.log("val_loss", loss, batch_size=hr.shape[0], prog_bar=True)
-        self._log_metrics(self.val_metrics, pred_norm, hr)
+        self._log_metrics(self.val_metrics, "val_", pred_norm, batch)
 
     def _test_names(self) -> list[str]:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -185,7 +215,9 @@ class DownscalingTask(BaseTask):
         loss, pred_norm, hr = self._shared_step(batch)
         name = list(self.test_metrics)[dataloader_idx]
         self.log(f"test_{name}_loss", loss, batch_size=hr.shape[0], add_dataloader_idx=False)
-        self._log_metrics(self.test_metrics[name], pred_norm, hr, add_dataloader_idx=False)
+        self._log_metrics(
+            self.test_metrics[name], f"test_{name}_", pred_norm, batch, add_dataloader_idx=False
+        )
 
     def predict_step(
         self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0

@@ -68,7 +68,8 @@ def test_splits_by_date_and_sample_layout() -> None:
     assert len(times["train"]) == 2 and len(times["val"]) == 1 and len(times["test"]) == 1
     assert not (times["train"] & times["val"]) and not (times["val"] & times["test"])
     batch = next(iter(dm.train_dataloader()))
-    assert set(batch) == {"lr", "hr", "index", "time"}
+    assert set(batch) == {"lr", "hr", "index", "time", "lat"}
+    assert batch["lat"].shape == (4, 60) and bool((batch["lat"].diff(dim=1) > 0).all())
     assert batch["hr"].shape == (4, 2, 60, 120) and batch["lr"].shape == (4, 2, 30, 60)
     assert batch["hr"].dtype == batch["lr"].dtype == torch.float32
     assert batch["index"].dtype == torch.int64

@@ -29,6 +29,7 @@ def test_real_sample_matches_xarray_reference() -> None:
     assert sample["index"].item() == 7 and sample["index"].dtype == torch.int64
     assert sample["time"].item() == int(np.datetime64("2017-01-01T12", "s").astype(np.int64))
     assert ds.latitudes[0] == -90 and ds.latitudes[-1] == 87 and np.all(np.diff(ds.latitudes) > 0)
+    np.testing.assert_array_equal(sample["lat"].numpy(), ref["latitude"].values[::-1][:60])
     assert 200 < sample["hr"][0].min() < sample["hr"][0].max() < 320  # temperature in K
 
 
@@ -48,6 +49,7 @@ def test_patches_tile_the_cropped_field() -> None:
     assert len(patches) == len(full) * 2 * 4
     row, col = 1, 2  # patch 1 * 4 + 2 of field 0
     torch.testing.assert_close(patches[6]["hr"], full[0]["hr"][:, 8:16, 16:24], rtol=0, atol=0)
+    torch.testing.assert_close(patches[6]["lat"], full[0]["lat"][8:16], rtol=0, atol=0)
     assert (full[0]["hr"] > 0).all()  # total column water is positive
     assert row * 4 + col == 6
 

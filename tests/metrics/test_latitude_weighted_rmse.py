@@ -107,6 +107,41 @@ def test_shape_errors() -> None:
         LatitudeWeightedRMSE(LAT_WB, num_outputs=0)
 
 
+def test_patches_with_their_own_latitudes_equal_the_whole_grid() -> None:
+    rng = np.random.default_rng(3)
+    preds, target = rng.normal(size=(4, 2, 32, 64)), rng.normal(size=(4, 2, 32, 64))
+    whole = LatitudeWeightedRMSE(LAT_WB, num_outputs=2)
+    whole.update(torch.from_numpy(preds), torch.from_numpy(target))
+    patched = LatitudeWeightedRMSE(num_outputs=2)
+    for rows in (slice(0, 8), slice(8, 16), slice(16, 32)):  # uneven bands of rows
+        for cols in (slice(0, 16), slice(16, 64)):
+            lat = torch.from_numpy(np.tile(LAT_WB[rows], (4, 1)))  # (B, H) per sample
+            patched.update(
+                torch.from_numpy(preds[..., rows, cols]),
+                torch.from_numpy(target[..., rows, cols]),
+                latitudes=lat,
+            )
+    torch.testing.assert_close(patched.compute(), whole.compute())
+    # (H,) latitudes shared by the batch give the same as the constructor's
+    shared = LatitudeWeightedRMSE(num_outputs=2)
+    shared.update(torch.from_numpy(preds), torch.from_numpy(target), latitudes=LAT_WB)
+    torch.testing.assert_close(shared.compute(), whole.compute())
+
+
+def test_per_update_latitude_errors() -> None:
+    with pytest.raises(ValueError, match=r"no latitudes: pass `latitudes` to the constructor"):
+        LatitudeWeightedRMSE().update(torch.zeros(1, 4, 4), torch.zeros(1, 4, 4))
+    metric = LatitudeWeightedRMSE()
+    with pytest.raises(
+        ValueError, match=r"\(H,\) or \(B, H\) with B = 2 samples, got shape \(3, 4\)"
+    ):
+        metric.update(torch.zeros(2, 4, 4), torch.zeros(2, 4, 4), latitudes=torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="has 4 rows but 5 latitudes"):
+        metric.update(torch.zeros(2, 4, 4), torch.zeros(2, 4, 4), latitudes=torch.zeros(5))
+    with pytest.raises(ValueError, match="not the longitude"):
+        metric.update(torch.zeros(2, 4, 4), torch.zeros(2, 4, 4), latitudes=torch.arange(4.0) * 60)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -122,10 +157,16 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     metric = LatitudeWeightedRMSE(LAT_WB, num_outputs=2)
     # Uneven shards: rank 0 sees samples 0..2 in two batches, rank 1 samples 3..4.
     shards = [[slice(0, 1), slice(1, 3)], [slice(3, 5)]][rank]
+    # the same fields as northern and southern halves, each with its rows' latitudes
+    halves = LatitudeWeightedRMSE(num_outputs=2)
     for part in shards:
         metric.update(preds[part], target[part])
-    value = metric.compute()
-    torch.save(value, Path(out) / f"rank{rank}.pt")
+        for rows in (slice(0, 16), slice(16, 32)):
+            halves.update(
+                preds[part][..., rows, :], target[part][..., rows, :], latitudes=LAT_WB[rows]
+            )
+    torch.save(metric.compute(), Path(out) / f"rank{rank}.pt")
+    torch.save(halves.compute(), Path(out) / f"halves{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -138,9 +179,10 @@ def test_ddp_two_processes_equal_single_process(tmp_path: Path) -> None:
     single.update(torch.from_numpy(preds), torch.from_numpy(target))
     expected = single.compute()
     for rank in range(2):
-        torch.testing.assert_close(
-            torch.load(tmp_path / f"rank{rank}.pt", weights_only=True), expected
-        )
+        for name in ("rank", "halves"):
+            torch.testing.assert_close(
+                torch.load(tmp_path / f"{name}{rank}.pt", weights_only=True), expected
+            )
     np.testing.assert_allclose(
         expected.numpy(),
         [reference(preds[:, :, c], target[:, :, c], LAT_WB) for c in range(2)],

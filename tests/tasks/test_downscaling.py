@@ -8,9 +8,9 @@ import torch
 from lightning.pytorch import Trainer
 
 from lightning_climate.callbacks import DownscalingReport
-from lightning_climate.datamodules import NavierStokesDataModule
+from lightning_climate.datamodules import ERA5DataModule, NavierStokesDataModule
 from lightning_climate.main import main
-from lightning_climate.models import DFNO, SRCNN
+from lightning_climate.models import DFNO, SRCNN, Interpolation
 from lightning_climate.tasks import DownscalingTask
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
@@ -259,3 +259,38 @@ def test_psnr_and_ssim_use_the_training_range(
     assert 0 < result["val_SSIM"] <= 1
     with pytest.raises(ValueError, match="odd integer >= 3"):
         DownscalingTask(SRCNN(), ssim_kernel_size=4)
+
+
+def test_era5_latitude_weighted_rmse_per_variable_on_patches(
+    trainer_kwargs: dict[str, Any],
+) -> None:
+    """Batches with ``lat`` (ERA5) log a latitude-weighted RMSE per variable, from the patches."""
+    era5 = Path(__file__).parents[1] / "data" / "era5" / "era5_sample.nc"
+    dm = ERA5DataModule(
+        str(era5),
+        ["t", "z"],
+        levels=[850],
+        factor=2,
+        patch_size=20,
+        batch_size=3,
+        train_range=("2017-01-01T00", "2017-01-01T12"),
+        test_range=("2017-01-02T12", "2017-01-02T12"),
+    )
+    task = DownscalingTask(Interpolation("bicubic"), in_channels=2)
+    (result,) = Trainer(**trainer_kwargs).test(task, datamodule=dm)
+    weighted = torch.zeros(2, dtype=torch.float64)
+    total = torch.zeros(2, dtype=torch.float64)
+    unweighted = torch.zeros(2, dtype=torch.float64)
+    for batch in dm.test_dataloader():
+        err2 = (task(batch["lr"], 2) - batch["hr"]).double() ** 2  # (B, C, H, W)
+        cos = torch.cos(torch.deg2rad(batch["lat"].double()))[:, None, :, None]  # (B, 1, H, 1)
+        weighted += (err2 * cos).sum(dim=(0, 2, 3))
+        total += cos.expand_as(err2).sum(dim=(0, 2, 3))
+        unweighted += err2.mean(dim=(2, 3)).sum(0)
+    expected = (weighted / total).sqrt()
+    assert dm.channels == ["t850", "z850"]
+    for c, name in enumerate(dm.channels):
+        assert result[f"test_test_LatRMSE_{name}"] == pytest.approx(expected[c].item(), rel=1e-5)
+    # the weighting matters: it differs from the plain RMSE over the same patches
+    plain = (unweighted / len(dm.test_dataset)).sqrt()
+    assert abs(expected[0] - plain[0]) / plain[0] > 1e-3

@@ -237,3 +237,28 @@ def test_bad_pooling_arguments_name_the_argument_and_the_fix() -> None:
         CatalystModel(**SMALL, energy_head="pooling", frame_averaging="2D")
     with pytest.raises(ValueError, match="build PoolingEnergyHead"):
         EnergyHead(16, "pooling")
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_uniform_and_collapsed_assignments_are_equally_non_orthogonal(k: int) -> None:
+    # the two trivial solutions score the same, sqrt(2 - 2 / sqrt(K)); on a complete graph both
+    # also reach the cut's optimum -1, which is why the generated OC20 graphs give uniform S
+    complete = adjacency(clique(range(6)), 6)
+    uniform = torch.full((1, 6, k), 1 / k, dtype=torch.float64)
+    collapsed = hard([0] * 6, k)
+    for s in (uniform, collapsed):
+        assert orthogonality(s).item() == pytest.approx(math.sqrt(2 - 2 / math.sqrt(k)))
+        assert normalized_cut(s, complete).item() == pytest.approx(-1.0)
+        assert normalized_cut(s, motif_adjacency(complete)).item() == pytest.approx(-1.0)
+
+
+def test_a_hard_split_of_a_complete_graph_scores_worse_than_the_trivial_solutions() -> None:
+    # the +0.19 example of docs/oc20.md: 6 atoms in clusters of 2, 2, 1, 1 (K = 4)
+    complete = adjacency(clique(range(6)), 6)
+    split = hard([0, 0, 1, 1, 2, 3], 4)
+    cut = -(2 + 2) / (6 * 5)  # ordered within-cluster pairs over the volume
+    assert normalized_cut(split, complete).item() == pytest.approx(cut)
+    assert normalized_cut(split, motif_adjacency(complete)).item() == pytest.approx(cut)
+    ortho = math.sqrt(2 * (2 / math.sqrt(10) - 0.5) ** 2 + 2 * (1 / math.sqrt(10) - 0.5) ** 2)
+    assert orthogonality(split).item() == pytest.approx(ortho)
+    assert cut + ortho == pytest.approx(0.187, abs=1e-3)  # > 0, the trivial solutions' total

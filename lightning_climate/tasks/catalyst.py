@@ -238,7 +238,7 @@ class CatalystTask(BaseTask):
         return loss
 
     def training_step(self, batch: Data, batch_idx: int) -> Tensor:
-        """L1 loss on normalised energies (plus forces for S2EF)."""
+        """L1 loss on normalised energies (plus forces for S2EF, plus the pooling aux loss)."""
         loss = self._step(batch, self.train_metrics, "train_")
         size = int(batch.num_graphs)
         self.log("train_loss", loss, batch_size=size, prog_bar=True)

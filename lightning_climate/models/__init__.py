@@ -8,6 +8,7 @@ from lightning_climate.models.dimenet import DimeNetPPBackbone
 from lightning_climate.models.embedding import PhysEmbedding
 from lightning_climate.models.heads import EnergyHead, ForceHead
 from lightning_climate.models.interpolation import Interpolation, fourier_resize
+from lightning_climate.models.pooling import PoolingEnergyHead
 from lightning_climate.models.relu_nets import ReLUCNN, ReLUMLP
 from lightning_climate.models.schnet import SchNetBackbone
 from lightning_climate.models.srcnn import SRCNN
@@ -27,6 +28,7 @@ __all__ = [
     "ForceHead",
     "Interpolation",
     "PhysEmbedding",
+    "PoolingEnergyHead",
     "ReLUCNN",
     "ReLUMLP",
     "SchNetBackbone",

@@ -41,6 +41,7 @@ from lightning_climate.models.heads import (
     ForceKind,
     gradient_forces,
 )
+from lightning_climate.models.pooling import PoolingEnergyHead, check_pooling_arguments
 from lightning_climate.models.schnet import Graph, SchNetBackbone
 
 __all__ = ["CatalystModel", "bipartite_edges"]
@@ -93,7 +94,10 @@ class CatalystModel(nn.Module):
         num_gaussians: radial basis size.
         cutoff: radius (Å) of the filters.
         phast_embedding: PhAST atom embeddings instead of Z only.
-        energy_head: ``sum``, ``mean``, ``weighted_initial`` or ``weighted_final``.
+        energy_head: ``sum``, ``mean``, ``weighted_initial``, ``weighted_final`` or ``pooling``
+            (:class:`~lightning_climate.models.pooling.PoolingEnergyHead`, with
+            ``ads_cat='none'`` and no frame averaging; the output then also holds ``aux_loss``
+            and its terms ``pool_mincut``, ``pool_mincut_ho``, ``pool_ortho``).
         force_head: ``none``, ``gradient``, ``direct`` or ``mixed``.
         ads_cat: ``none``, ``separate_pooling``, ``independent`` or ``attention``.
         frame_averaging: ``none``, ``2D`` or ``3D``: a FAENet-style model whose filters also
@@ -102,6 +106,9 @@ class CatalystModel(nn.Module):
         fa_se3: use only the proper rotations among the frames.
         backbone: ``schnet`` or ``dimenet++`` (the latter with ``ads_cat='none'``, no frame
             averaging; ``num_interactions`` is its number of blocks).
+        pool_clusters: clusters per graph of the ``pooling`` head (>= 1).
+        pool_mixing: weight in [0, 1] of the pooling head's first-order min-cut term against its
+            triangle-motif term.
     """
 
     def __init__(
@@ -118,8 +125,16 @@ class CatalystModel(nn.Module):
         frame_averaging: Literal["none", "2D", "3D"] = "none",
         fa_se3: bool = False,
         backbone: Literal["schnet", "dimenet++"] = "schnet",
+        pool_clusters: int = 4,
+        pool_mixing: float = 0.5,
     ) -> None:
         super().__init__()
+        check_pooling_arguments(pool_clusters, pool_mixing)
+        if energy_head == "pooling" and (ads_cat != "none" or frame_averaging != "none"):
+            raise ValueError(
+                "energy_head='pooling' is implemented for ads_cat='none' and "
+                "frame_averaging='none'; use another energy head with those variants."
+            )
         if force_head not in ("none", "gradient", "direct", "mixed"):
             raise ValueError(
                 f"force_head must be none, gradient, direct or mixed, got {force_head!r}."
@@ -161,7 +176,9 @@ class CatalystModel(nn.Module):
         else:
             self.backbone = make_schnet(hidden_channels, num_gaussians, num_filters)
         self.energy: nn.Module
-        if ads_cat == "none":
+        if energy_head == "pooling":
+            self.energy = PoolingEnergyHead(hidden_channels, pool_clusters, pool_mixing)
+        elif ads_cat == "none":
             self.energy = EnergyHead(hidden_channels, energy_head, hidden_channels)
         else:
             ads_width = hidden_channels
@@ -201,7 +218,8 @@ class CatalystModel(nn.Module):
         """Predict ``energy`` (B,) and, with a force head, ``forces`` (N, 3).
 
         The ``mixed`` head also returns ``forces_gradient`` (the energy gradient) for the
-        consistency loss.
+        consistency loss; the ``pooling`` energy head returns the scalar ``aux_loss`` and its
+        batch-mean terms ``pool_mincut``, ``pool_mincut_ho`` and ``pool_ortho``.
         """
         needs_grad = self.force_head in ("gradient", "mixed")
         pos = data.pos
@@ -214,7 +232,12 @@ class CatalystModel(nn.Module):
                 out |= self._frame_averaged(graph)
             elif self.ads_cat == "none":
                 h0, h = self.backbone(graph)
-                out["energy"] = self.energy(h, h0, graph.batch, graph.num_graphs)
+                if isinstance(self.energy, PoolingEnergyHead):
+                    pooled = self.energy(h, graph.batch, graph.num_graphs, graph.edge_index)
+                    out["energy"] = pooled.energy
+                    out |= pooled.losses()
+                else:
+                    out["energy"] = self.energy(h, h0, graph.batch, graph.num_graphs)
                 if self.forces is not None:
                     out["forces"] = self.forces(h)
             else:

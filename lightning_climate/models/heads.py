@@ -5,7 +5,10 @@ Energy heads turn per-atom representations into one energy per graph:
 - ``sum`` (SchNet's readout) and ``mean`` of per-atom energies ``e_i = MLP(h_i)``;
 - ``weighted_initial`` / ``weighted_final``: PhAST's learned weighting, ``E = sum_i a_i e_i`` with
   ``a_i = Linear(h)`` computed from the initial (embedding) or final representations. The weights
-  are not normalised (it is a weighted sum, not an average), as in the reference code.
+  are not normalised (it is a weighted sum, not an average), as in the reference code;
+- ``pooling``: soft cluster pooling with HoscPool-style min-cut regularisers; it needs the graph
+  and returns an auxiliary loss, so it is its own class,
+  :class:`~lightning_climate.models.pooling.PoolingEnergyHead`.
 
 Force heads (S2EF):
 
@@ -26,7 +29,7 @@ from torch_geometric.utils import scatter
 
 __all__ = ["EnergyHead", "ForceHead", "gradient_forces"]
 
-EnergyKind = Literal["sum", "mean", "weighted_initial", "weighted_final"]
+EnergyKind = Literal["sum", "mean", "weighted_initial", "weighted_final", "pooling"]
 ForceKind = Literal["none", "gradient", "direct", "mixed"]
 
 
@@ -40,7 +43,8 @@ class EnergyHead(nn.Module):
 
     Args:
         hidden_channels: width of the atom representations.
-        kind: ``sum``, ``mean``, ``weighted_initial`` or ``weighted_final``.
+        kind: ``sum``, ``mean``, ``weighted_initial`` or ``weighted_final`` (``pooling`` is
+            :class:`~lightning_climate.models.pooling.PoolingEnergyHead`).
         initial_channels: width of the initial embeddings (``weighted_initial`` only).
     """
 
@@ -48,9 +52,15 @@ class EnergyHead(nn.Module):
         self, hidden_channels: int, kind: EnergyKind = "sum", initial_channels: int | None = None
     ) -> None:
         super().__init__()
+        if kind == "pooling":
+            raise ValueError(
+                "the pooling energy head needs the graph and returns an auxiliary loss: build "
+                "PoolingEnergyHead (CatalystModel does so for energy_head='pooling')."
+            )
         if kind not in ("sum", "mean", "weighted_initial", "weighted_final"):
             raise ValueError(
-                f"energy head must be sum, mean, weighted_initial or weighted_final, got {kind!r}."
+                f"energy head must be sum, mean, weighted_initial, weighted_final or pooling "
+                f"(argument energy_head), got {kind!r}; pick one of those."
             )
         self.kind = kind
         self.atom_energy = _mlp(hidden_channels, 1)

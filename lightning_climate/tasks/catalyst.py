@@ -6,6 +6,12 @@ at ``setup`` and saved in checkpoints; OC20's IS2RE values are the defaults). Fo
 the same std. Metrics are reported in eV and eV/Å, per validation/test set (``val_id_energy_mae``,
 ``val_ood_ads_energy_ewt``, ...). Gradient and mixed force heads need
 ``Trainer(inference_mode=False)`` for validation.
+
+The ``pooling`` energy head returns an auxiliary (min-cut and orthogonality) loss; it is added to
+the loss with weight ``pool_loss_weight`` in every stage, so ``val_loss`` is the training
+objective, and logged with its terms as ``{stage}_aux_loss``, ``{stage}_pool_mincut``,
+``{stage}_pool_mincut_ho`` and ``{stage}_pool_ortho`` (evaluation values averaged over
+processes under DDP).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ __all__ = ["OC20_IS2RE_MEAN", "OC20_IS2RE_STD", "CatalystTask"]
 OC20_IS2RE_MEAN = -1.525913953781128
 OC20_IS2RE_STD = 2.279365062713623
 _TARGET = {"is2re": "y_relaxed", "s2ef": "energy"}
+_AUX_KEYS = ("aux_loss", "pool_mincut", "pool_mincut_ho", "pool_ortho")
 
 
 class CatalystTask(BaseTask):
@@ -51,7 +58,9 @@ class CatalystTask(BaseTask):
         num_gaussians: radial basis size.
         cutoff: filter radius (Å).
         phast_embedding: PhAST embeddings (Z, tag, period, group, physical properties).
-        energy_head: ``sum``, ``mean``, ``weighted_initial`` or ``weighted_final``.
+        energy_head: ``sum``, ``mean``, ``weighted_initial``, ``weighted_final`` or ``pooling``
+            (soft cluster pooling with HoscPool-style regularisers; ``ads_cat='none'``, no frame
+            averaging).
         force_head: ``none``, ``gradient``, ``direct`` or ``mixed`` (S2EF).
         ads_cat: catalyst-adsorbate variant (``none``, ``separate_pooling``, ``independent``,
             ``attention``); pair with the datamodule's ``disconnected=True`` as in the paper.
@@ -59,6 +68,10 @@ class CatalystTask(BaseTask):
             that sees raw edge vectors (see :class:`CatalystModel`).
         fa_se3: average over proper rotations only.
         backbone: ``schnet`` or ``dimenet++`` (PyG blocks with our periodic triplets).
+        pool_clusters: clusters per graph of the ``pooling`` head.
+        pool_mixing: weight in [0, 1] of its first-order min-cut term against the triangle-motif
+            term.
+        pool_loss_weight: weight (>= 0) of the pooling head's auxiliary loss.
         force_coefficient: weight of the force loss (S2EF).
         consistency_coefficient: weight of the mixed head's direct-vs-gradient loss.
         target_mean: energy mean (eV) used until the datamodule provides training statistics.
@@ -83,6 +96,9 @@ class CatalystTask(BaseTask):
         frame_averaging: Literal["none", "2D", "3D"] = "none",
         fa_se3: bool = False,
         backbone: Literal["schnet", "dimenet++"] = "schnet",
+        pool_clusters: int = 4,
+        pool_mixing: float = 0.5,
+        pool_loss_weight: float = 1.0,
         force_coefficient: float = 10.0,
         consistency_coefficient: float = 1.0,
         target_mean: float = OC20_IS2RE_MEAN,
@@ -98,11 +114,17 @@ class CatalystTask(BaseTask):
             raise ValueError("S2EF predicts forces: set force_head to gradient, direct or mixed.")
         if target_std <= 0:
             raise ValueError(f"target_std must be positive, got {target_std}.")
+        if not pool_loss_weight >= 0:
+            raise ValueError(
+                f"pool_loss_weight must be >= 0 (0 trains the pooling head without its "
+                f"regulariser), got {pool_loss_weight}."
+            )
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.task = task
         self.target_key = _TARGET[task]
         self.force_coefficient = force_coefficient
         self.consistency_coefficient = consistency_coefficient
+        self.pool_loss_weight = pool_loss_weight
         self.stats_from_datamodule = stats_from_datamodule
         self.model = CatalystModel(
             hidden_channels,
@@ -117,6 +139,8 @@ class CatalystTask(BaseTask):
             frame_averaging,
             fa_se3,
             backbone,
+            pool_clusters=pool_clusters,
+            pool_mixing=pool_mixing,
         )
         self.register_buffer("target_mean", torch.tensor(float(target_mean)))
         self.register_buffer("target_std", torch.tensor(float(target_std)))
@@ -174,10 +198,20 @@ class CatalystTask(BaseTask):
             )
         return target.reshape(-1).to(self.target_mean.dtype)
 
-    def _step(self, batch: Data, metrics: MetricCollection) -> Tensor:
+    def _step(
+        self, batch: Data, metrics: MetricCollection, prefix: str, sync_dist: bool = False
+    ) -> Tensor:
         out = self.model(batch)
         target = self._target(batch)
         loss = F.l1_loss(out["energy"], (target - self.target_mean) / self.target_std)
+        if "aux_loss" in out:
+            loss = loss + self.pool_loss_weight * out["aux_loss"]
+            self.log_dict(
+                {f"{prefix}{k}": out[k].detach() for k in _AUX_KEYS},
+                batch_size=int(batch.num_graphs),
+                sync_dist=sync_dist,
+                add_dataloader_idx=False,
+            )
         energy = out["energy"].detach() * self.target_std + self.target_mean
         values: dict[str, Tensor] = {"energy_pred": energy, "energy_target": target}
         if self.task == "s2ef":
@@ -204,8 +238,8 @@ class CatalystTask(BaseTask):
         return loss
 
     def training_step(self, batch: Data, batch_idx: int) -> Tensor:
-        """L1 loss on normalised energies (plus forces for S2EF)."""
-        loss = self._step(batch, self.train_metrics)
+        """L1 loss on normalised energies (plus forces for S2EF, plus the pooling aux loss)."""
+        loss = self._step(batch, self.train_metrics, "train_")
         size = int(batch.num_graphs)
         self.log("train_loss", loss, batch_size=size, prog_bar=True)
         self.log_dict(self.train_metrics, batch_size=size)
@@ -214,7 +248,7 @@ class CatalystTask(BaseTask):
     def _eval_step(self, split: str, batch: Data, dataloader_idx: int) -> None:
         name = self._loader_names.get(split, [split])[dataloader_idx]
         metrics = self.eval_metrics[name]
-        loss = self._step(batch, metrics)
+        loss = self._step(batch, metrics, f"{name}_", sync_dist=True)
         size = int(batch.num_graphs)
         self.log(f"{name}_loss", loss, batch_size=size, add_dataloader_idx=False)
         if dataloader_idx == 0 and name != f"{split}":

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -111,13 +113,62 @@ def test_bad_arguments() -> None:
         CatalystTask(task="is2rs")
     with pytest.raises(ValueError, match="target_std"):
         CatalystTask(target_std=0.0)
+    for weight in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="pool_loss_weight must be >= 0"):
+            CatalystTask(energy_head="pooling", pool_loss_weight=weight)
+    with pytest.raises(ValueError, match="pool_clusters must be an integer >= 1"):
+        CatalystTask(energy_head="pooling", pool_clusters=0)
+    with pytest.raises(ValueError, match=r"pool_mixing .* must be in \[0, 1\]"):
+        CatalystTask(energy_head="pooling", pool_mixing=2.0)
+    with pytest.raises(ValueError, match="argument energy_head"):
+        CatalystTask(energy_head="graclus")  # type: ignore[arg-type]
 
 
-def _sample_loader() -> DataLoader:
+_AUX = ("aux_loss", "pool_mincut", "pool_mincut_ho", "pool_ortho")
+
+
+def test_pooling_head_adds_and_logs_its_aux_loss(
+    root: Path, trainer_kwargs: dict[str, Any]
+) -> None:
+    torch.manual_seed(0)
+    dm = OC20DataModule(root=str(root), batch_size=3)
+    task = CatalystTask(
+        energy_head="pooling", pool_clusters=3, pool_mixing=0.25, pool_loss_weight=0.5, **SMALL
+    )
+    before = [p.detach().clone() for p in task.model.energy.assign.parameters()]
+    trainer = Trainer(
+        max_epochs=2, limit_train_batches=2, enable_checkpointing=False, **trainer_kwargs
+    )
+    trainer.fit(task, dm)
+    logged = set(trainer.callback_metrics)
+    assert {f"{stage}_{key}" for stage in ("train", "val_id") for key in _AUX} <= logged
+    assert all(
+        not torch.equal(a, b)
+        for a, b in zip(before, task.model.energy.assign.parameters(), strict=True)
+    )
+    (results, *_) = trainer.validate(task, dm)
+    # the epoch values are graph-weighted means, so the loss identities hold for them too
+    aux = results["val_id_aux_loss"]
+    mix = 0.25 * results["val_id_pool_mincut"] + 0.75 * results["val_id_pool_mincut_ho"]
+    assert aux == pytest.approx(mix + results["val_id_pool_ortho"], abs=1e-5)
+    energy_loss = results["val_id_energy_mae"] / task.target_std.item()
+    assert results["val_id_loss"] == pytest.approx(energy_loss + 0.5 * aux, abs=1e-5)
+    # other heads log no aux loss and their loss is the energy L1 alone
+    plain = CatalystTask(**SMALL)
+    (plain_results, *_) = Trainer(
+        max_epochs=1, limit_train_batches=1, enable_checkpointing=False, **trainer_kwargs
+    ).validate(plain, dm)
+    assert not any(key.endswith(_AUX) for key in plain_results)
+    assert plain_results["val_id_loss"] == pytest.approx(
+        plain_results["val_id_energy_mae"] / plain.target_std.item(), abs=1e-5
+    )
+
+
+def _sample_loader(batch_size: int = 1) -> DataLoader:
     graphs = [entry_to_data(e, i, f"graph {i}") for i, e in enumerate(read_npz_batch(SAMPLE))]
     graphs.append(graphs[2].clone())  # 4 graphs: 2 per rank, no padding by the sampler
     graphs[3].index = torch.tensor([3])
-    return DataLoader(graphs, batch_size=1, collate_fn=Collater(None))
+    return DataLoader(graphs, batch_size=batch_size, collate_fn=Collater(None))
 
 
 @pytest.mark.ddp
@@ -134,11 +185,44 @@ def test_ddp_validation_equals_single_process(trainer_kwargs: dict[str, Any]) ->
     assert expected["val_energy_mae"] > 0
 
 
+@pytest.mark.ddp
+def test_ddp_pooling_head_trains_and_validates_as_one_process(
+    trainer_kwargs: dict[str, Any],
+) -> None:
+    # per-graph averaging of the aux loss: 2 ranks x 1 graph average to the gradient of one
+    # process on both graphs; SGD so that the comparison is linear in the gradients (a small
+    # rate: larger ones blow this untrained model up, whatever the head)
+    torch.manual_seed(0)
+    sgd = functools.partial(torch.optim.SGD, lr=1e-3)
+    single = CatalystTask(energy_head="pooling", optimizer=sgd, **SMALL)
+    ddp_task = copy.deepcopy(single)
+    initial = copy.deepcopy(single.state_dict())
+    fit = {**trainer_kwargs, "max_steps": 2, "limit_val_batches": 0}
+    Trainer(devices=1, **fit).fit(single, _sample_loader(batch_size=2))
+    # SchNet's own output layers (lin1, lin2) are unused by our backbone
+    Trainer(devices=2, strategy="ddp_spawn_find_unused_parameters_true", **fit).fit(
+        ddp_task, _sample_loader()
+    )
+    for name, value in single.state_dict().items():
+        torch.testing.assert_close(
+            ddp_task.state_dict()[name], value, atol=1e-6, rtol=1e-5, msg=name
+        )
+    moved = initial["model.energy.assign.0.weight"] - ddp_task.model.energy.assign[0].weight
+    assert float(moved.abs().max()) > 2e-5  # the weights came back from the workers, trained
+    expected = Trainer(devices=1, **trainer_kwargs).validate(single, _sample_loader())[0]
+    ddp = Trainer(devices=2, strategy="ddp_spawn", **trainer_kwargs)
+    ddp.validate(single, _sample_loader())
+    got = {k: float(v) for k, v in ddp.callback_metrics.items()}
+    for key in ("val_energy_mae", "val_aux_loss", "val_pool_mincut", "val_pool_ortho"):
+        assert got[key] == pytest.approx(expected[key], abs=1e-5), key
+
+
 @pytest.mark.parametrize(
     ("name", "hparams"),
     [
         ("oc20_is2re", {"task": "is2re"}),
         ("oc20_is2re_phast", {"phast_embedding": True, "energy_head": "weighted_final"}),
+        ("oc20_is2re_phast_pooling", {"energy_head": "pooling", "pool_clusters": 4}),
         ("oc20_adsorbate_catalyst", {"ads_cat": "attention"}),
         ("oc20_s2ef", {"task": "s2ef", "force_head": "gradient"}),
     ],

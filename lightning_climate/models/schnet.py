@@ -121,6 +121,11 @@ class SchNetBackbone(nn.Module):
             cutoff,
             interaction_graph=_no_radius_graph,
         )
+        # SchNet's readout MLP (and its Z embedding, when PhAST's replaces it) are never called:
+        # our heads read the per-atom features. Unused parameters would make DDP fail.
+        del self.schnet.lin1, self.schnet.lin2
+        if phast_embedding:
+            del self.schnet.embedding
         self.phys = PhysEmbedding(final_proj_size=hidden_channels) if phast_embedding else None
         self.vector = nn.Linear(3, num_gaussians) if vector_features else None
         self.hidden_channels = hidden_channels

@@ -54,9 +54,7 @@ def test_backbone_equals_pyg_schnet_fed_the_same_graph() -> None:
     backbone = SchNetBackbone(**SMALL, cutoff=6.0)
     data = real_batch()
     graph = Graph.from_data(data)
-    _, h = backbone(graph)
-    ours = (backbone.schnet.lin2(backbone.schnet.act(backbone.schnet.lin1(h)))).squeeze(-1)
-    ours = torch.zeros(3).index_add_(0, graph.batch, ours)
+    _, ours = backbone(graph)
     dist, _ = backbone.edge_features(graph)
 
     class StoredGraph:  # PyG's SchNet with our periodic edges as its interaction graph
@@ -64,9 +62,14 @@ def test_backbone_equals_pyg_schnet_fed_the_same_graph() -> None:
             return data.edge_index, dist
 
     reference = SchNet(16, 16, 2, 12, 6.0, interaction_graph=StoredGraph())
-    reference.load_state_dict(backbone.schnet.state_dict())
-    expected = reference(data.atomic_numbers, data.pos, data.batch).squeeze(-1)
-    assert torch.allclose(ours, expected, atol=1e-5)
+    # the backbone dropped the readout MLP it never uses; the rest are PyG's own weights
+    missing, unexpected = reference.load_state_dict(backbone.schnet.state_dict(), strict=False)
+    assert sorted(missing) == ["lin1.bias", "lin1.weight", "lin2.bias", "lin2.weight"]
+    assert unexpected == []
+    features = []
+    reference.lin1.register_forward_hook(lambda module, args, out: features.append(args[0]))
+    reference(data.atomic_numbers, data.pos, data.batch)
+    assert torch.allclose(ours, features[0], atol=1e-5)
 
 
 def test_gradient_forces_are_minus_the_energy_gradient() -> None:
@@ -206,3 +209,33 @@ def test_frame_averaging_makes_a_vector_model_invariant(mode: str) -> None:
     assert not torch.allclose(raw(data)["energy"], raw(moved)["energy"], atol=1e-4)
     with pytest.raises(ValueError, match="frame_averaging must be"):
         CatalystModel(frame_averaging="4D")
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"phast_embedding": True, "energy_head": "weighted_initial"},
+        {"phast_embedding": True, "energy_head": "weighted_final", "force_head": "direct"},
+        {"energy_head": "pooling", "force_head": "mixed"},
+        {"ads_cat": "separate_pooling"},
+        {"ads_cat": "independent"},
+        {"ads_cat": "attention"},
+        {"frame_averaging": "2D"},
+        {"backbone": "dimenet++", "num_interactions": 1},
+    ],
+    ids=lambda c: "-".join(f"{v}" for v in c.values()) or "default",
+)
+def test_every_parameter_gets_a_gradient(config: dict[str, object]) -> None:
+    """Unused parameters make DDP fail (find_unused_parameters=False is Lightning's default)."""
+    torch.manual_seed(0)
+    model = CatalystModel(**{**SMALL, **config}).train()
+    data = RemoveAdsorbateCatalystEdges()(real_batch()) if "ads_cat" in config else real_batch()
+    out = model(data)
+    loss = out["energy"].sum()
+    for key in ("forces", "forces_gradient", "aux_loss"):
+        if key in out:
+            loss = loss + out[key].sum()
+    loss.backward()
+    unused = [name for name, p in model.named_parameters() if p.grad is None]
+    assert unused == []

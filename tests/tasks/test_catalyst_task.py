@@ -199,10 +199,8 @@ def test_ddp_pooling_head_trains_and_validates_as_one_process(
     initial = copy.deepcopy(single.state_dict())
     fit = {**trainer_kwargs, "max_steps": 2, "limit_val_batches": 0}
     Trainer(devices=1, **fit).fit(single, _sample_loader(batch_size=2))
-    # SchNet's own output layers (lin1, lin2) are unused by our backbone
-    Trainer(devices=2, strategy="ddp_spawn_find_unused_parameters_true", **fit).fit(
-        ddp_task, _sample_loader()
-    )
+    # plain DDP (find_unused_parameters=False): every parameter must take part
+    Trainer(devices=2, strategy="ddp_spawn", **fit).fit(ddp_task, _sample_loader())
     for name, value in single.state_dict().items():
         torch.testing.assert_close(
             ddp_task.state_dict()[name], value, atol=1e-6, rtol=1e-5, msg=name

@@ -8,9 +8,13 @@ gather over the edges entering each atom) and angles come from the offset-correc
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor, nn
-from torch_geometric.nn.models import DimeNetPlusPlus
+from torch_geometric.nn.models import DimeNetPlusPlus, dimenet_utils
 
 from lightning_climate.models.schnet import Graph
 from lightning_climate.transforms.pbc import edge_vectors
@@ -41,6 +45,30 @@ def triplets(edge_index: Tensor, cell_offsets: Tensor, num_nodes: int) -> tuple[
     return idx_kj[keep], idx_ji[keep]
 
 
+_pyg_bessel_basis = dimenet_utils.bessel_basis
+
+
+@functools.cache
+def _bessel_basis(num_spherical: int, num_radial: int) -> list[list[object]]:
+    """PyG's symbolic spherical Bessel basis (immutable sympy expressions), once per process."""
+    return _pyg_bessel_basis(num_spherical, num_radial)
+
+
+@contextlib.contextmanager
+def _cached_bessel_basis() -> Iterator[None]:
+    """Let PyG's ``SphericalBasisLayer`` reuse the basis while a DimeNet++ is built.
+
+    Its sympy simplification takes ~10 s for 7 x 6 functions, paid again by every construction
+    (each model of an evidence run, each checkpoint load); the lambdified functions built from it
+    are still PyG's own.
+    """
+    dimenet_utils.bessel_basis = _bessel_basis
+    try:
+        yield
+    finally:
+        dimenet_utils.bessel_basis = _pyg_bessel_basis
+
+
 class DimeNetPPBackbone(nn.Module):
     """DimeNet++ (PyG blocks) on periodic edges; returns per-atom features.
 
@@ -67,18 +95,19 @@ class DimeNetPPBackbone(nn.Module):
         cutoff: float = 6.0,
     ) -> None:
         super().__init__()
-        self.dimenet = DimeNetPlusPlus(
-            hidden_channels,
-            hidden_channels,
-            num_blocks,
-            int_emb_size,
-            basis_emb_size,
-            out_emb_channels,
-            num_spherical,
-            num_radial,
-            cutoff=cutoff,
-            output_initializer="glorot_orthogonal",
-        )
+        with _cached_bessel_basis():
+            self.dimenet = DimeNetPlusPlus(
+                hidden_channels,
+                hidden_channels,
+                num_blocks,
+                int_emb_size,
+                basis_emb_size,
+                out_emb_channels,
+                num_spherical,
+                num_radial,
+                cutoff=cutoff,
+                output_initializer="glorot_orthogonal",
+            )
         self.hidden_channels = hidden_channels
 
     def forward(self, graph: Graph) -> tuple[Tensor, Tensor]:

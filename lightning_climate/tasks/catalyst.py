@@ -72,6 +72,8 @@ class CatalystTask(BaseTask):
         pool_mixing: weight in [0, 1] of its first-order min-cut term against the triangle-motif
             term.
         pool_loss_weight: weight (>= 0) of the pooling head's auxiliary loss.
+        num_spherical: DimeNet++ spherical harmonics (construction time grows fast with it).
+        num_radial: DimeNet++ radial basis functions.
         force_coefficient: weight of the force loss (S2EF).
         consistency_coefficient: weight of the mixed head's direct-vs-gradient loss.
         target_mean: energy mean (eV) used until the datamodule provides training statistics.
@@ -99,6 +101,8 @@ class CatalystTask(BaseTask):
         pool_clusters: int = 4,
         pool_mixing: float = 0.5,
         pool_loss_weight: float = 1.0,
+        num_spherical: int = 7,
+        num_radial: int = 6,
         force_coefficient: float = 10.0,
         consistency_coefficient: float = 1.0,
         target_mean: float = OC20_IS2RE_MEAN,
@@ -141,6 +145,8 @@ class CatalystTask(BaseTask):
             backbone,
             pool_clusters=pool_clusters,
             pool_mixing=pool_mixing,
+            num_spherical=num_spherical,
+            num_radial=num_radial,
         )
         self.register_buffer("target_mean", torch.tensor(float(target_mean)))
         self.register_buffer("target_std", torch.tensor(float(target_std)))

@@ -5,11 +5,12 @@ import math
 import pytest
 import torch
 from torch_geometric.data import Batch
-from torch_geometric.nn.models import dimenet
+from torch_geometric.nn.models import dimenet, dimenet_utils
+from torch_geometric.nn.models.dimenet import SphericalBasisLayer
 
 from lightning_climate.datasets.oc20 import OC20Data
 from lightning_climate.models import CatalystModel
-from lightning_climate.models.dimenet import DimeNetPPBackbone, triplets
+from lightning_climate.models.dimenet import DimeNetPPBackbone, _pyg_bessel_basis, triplets
 from lightning_climate.models.schnet import Graph
 from lightning_climate.transforms import radius_graph_pbc
 
@@ -87,9 +88,17 @@ def test_dimenet_catalyst_model_forces_and_invariance() -> None:
         natoms=torch.tensor([4]),
     )
     data = Batch.from_data_list([data])
-    model = CatalystModel(8, num_interactions=1, cutoff=4.0, force_head="gradient")
-    # PyG builds the spherical basis with sympy: the OC20 size (7 x 6) takes tens of seconds
-    model.backbone = DimeNetPPBackbone(8, 1, 8, 4, 8, 3, 4, cutoff=4.0)
+    # PyG builds the spherical basis with sympy: the OC20 size (7 x 6) takes ~10 s, 3 x 4 ~0.5 s
+    model = CatalystModel(
+        8,
+        num_interactions=1,
+        cutoff=4.0,
+        force_head="gradient",
+        backbone="dimenet++",
+        num_spherical=3,
+        num_radial=4,
+    )
+    assert model.backbone.dimenet.sbf.num_spherical == 3
     model = model.double().eval()
     out = model(data)
     atom, step = 2, 1e-5
@@ -120,3 +129,16 @@ def test_dimenet_catalyst_model_forces_and_invariance() -> None:
         CatalystModel(backbone="dimenet++", ads_cat="attention")
     with pytest.raises(ValueError, match="backbone must be"):
         CatalystModel(backbone="gemnet")
+
+
+def test_cached_bessel_basis_gives_pygs_spherical_basis() -> None:
+    reference = SphericalBasisLayer(2, 3, cutoff=4.0)  # PyG's own construction, no cache
+    first = DimeNetPPBackbone(8, 1, 8, 4, 8, 2, 3, cutoff=4.0)
+    second = DimeNetPPBackbone(8, 1, 8, 4, 8, 2, 3, cutoff=4.0)  # the basis comes from the cache
+    assert dimenet_utils.bessel_basis is _pyg_bessel_basis  # PyG's function is restored
+    dist = torch.linspace(0.5, 3.9, 6)
+    angle = torch.linspace(0.1, 3.0, 9)
+    idx_kj = torch.tensor([0, 1, 2, 3, 4, 5, 0, 2, 4])
+    expected = reference(dist, angle, idx_kj)
+    for backbone in (first, second):
+        torch.testing.assert_close(backbone.dimenet.sbf(dist, angle, idx_kj), expected)

@@ -205,7 +205,9 @@ def test_ddp_pooling_head_trains_and_validates_as_one_process(
         torch.testing.assert_close(
             ddp_task.state_dict()[name], value, atol=1e-6, rtol=1e-5, msg=name
         )
-    moved = initial["model.energy.assign.0.weight"] - ddp_task.model.energy.assign[0].weight
+    moved = (
+        initial["model.energy.assign.0.weight"] - ddp_task.model.energy.assign[0].weight.detach()
+    )
     assert float(moved.abs().max()) > 2e-5  # the weights came back from the workers, trained
     expected = Trainer(devices=1, **trainer_kwargs).validate(single, _sample_loader())[0]
     ddp = Trainer(devices=2, strategy="ddp_spawn", **trainer_kwargs)

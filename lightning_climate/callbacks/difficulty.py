@@ -170,6 +170,12 @@ class DifficultyScores(Callback):
         self.grand_chunk_size = grand_chunk_size
         self.path = path
         self.run_attrs = dict(run_attrs or {})
+        for key, value in self.run_attrs.items():
+            if isinstance(value, bool) or not isinstance(value, str | int | float):
+                raise TypeError(
+                    f"run_attrs[{key!r}] = {value!r}: NetCDF attributes hold a str, int or float; "
+                    "convert it (e.g. str(value), or 0/1 for a flag)."
+                )
         self.transfer_hooks = transfer_hooks
         self.cache_batches = cache_batches
         # state that travels with checkpoints

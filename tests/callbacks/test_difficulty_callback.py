@@ -289,6 +289,10 @@ def test_argument_validation() -> None:
         DifficultyScores(scores=["loss"], score_epochs={"grand": [1]})
     with pytest.raises(ValueError, match="epochs must be >= -1"):
         DifficultyScores(epochs=[-2])
+    with pytest.raises(TypeError, match=r"run_attrs\['pretrained'\] = True: .*str, int or float"):
+        DifficultyScores(run_attrs={"arch": "cnn", "pretrained": True})
+    with pytest.raises(TypeError, match=r"run_attrs\['note'\] = None"):
+        DifficultyScores(run_attrs={"note": None})
 
 
 def test_unknown_layer_is_refused(trainer_kwargs: dict[str, Any], tmp_path: Path) -> None:

@@ -252,7 +252,7 @@ def cell_areas(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
 
     Raises:
         ValueError: if there are fewer than 2 latitudes or longitudes, latitudes are not strictly
-            ascending, or the longitudes do not go once round the globe in ascending order.
+            ascending, or the longitudes are not evenly spaced once round the globe.
     """
     lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
     if len(lat) < 2 or len(lon) < 2 or (np.diff(lat) <= 0).any():
@@ -264,12 +264,12 @@ def cell_areas(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
     )
     bands = np.diff(np.sin(np.deg2rad(np.clip(edges, -90.0, 90.0))))
     gaps = np.diff(np.append(lon, lon[0] + 360.0))
-    if (gaps <= 0).any() or not np.isclose(gaps.sum(), 360.0):
+    if not np.allclose(gaps, 360.0 / len(lon), rtol=1e-3):
         raise ValueError(
-            "A global total needs longitudes ascending once round the globe; got "
+            "A global total needs longitudes evenly spaced once round the globe; got "
             f"{lon[0]:.3f}..{lon[-1]:.3f} with steps {np.unique(np.round(gaps, 6))}."
         )
-    widths = np.deg2rad((gaps + np.roll(gaps, 1)) / 2)
+    widths = np.full(len(lon), np.deg2rad(360.0 / len(lon)))
     return _EARTH_RADIUS**2 * bands[:, None] * widths[None, :]
 
 

@@ -9,6 +9,14 @@ warming differs from the training years'.
     python benchmarks/climateset_emulation_skill.py runs/unet/lightning_logs/version_0
     # the validation block of a training scenario (years never trained on):
     python benchmarks/climateset_emulation_skill.py runs/unet/... --test-scenarios ssp585 --test-years 2092 2100
+
+With or without the cumulative-CO2 channel (same seed and epochs; one ratio column per run, on
+ssp245 and on the held-out last years of every training scenario):
+
+    lightning-climate fit --config examples/climateset_unet.yaml --trainer.default_root_dir runs/a
+    lightning-climate fit --config examples/climateset_unet_cumco2.yaml --trainer.default_root_dir runs/b
+    python benchmarks/climateset_emulation_skill.py runs/a/lightning_logs/version_0 \
+        runs/b/lightning_logs/version_0 --validation-blocks
 """
 
 from __future__ import annotations

@@ -66,3 +66,34 @@ def climateset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         grid_shape=CLIMATESET_GRID,
         progress=False,
     )
+
+
+@pytest.fixture(scope="session")
+def climateset_co2_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated tree cumulative CO2 can be summed on: NorESM2-LM, 8×12 grid.
+
+    ssp126/ssp245/ssp585 2015–2020 and historical 2010–2014 with every variable, plus the
+    ``CO2_sum`` maps of all historical years 1850–2014.
+    """
+    from lightning_climate.datasets import generate_climateset
+    from lightning_climate.datasets.climateset import HISTORICAL_YEARS
+
+    path = tmp_path_factory.mktemp("climateset_co2")
+    model = CLIMATESET_MODELS[:1]
+    for scenarios, years in (
+        (["ssp126", "ssp245", "ssp585"], range(2015, 2021)),
+        (["historical"], range(2010, 2015)),
+    ):
+        generate_climateset(
+            path, model, scenarios, years, grid_shape=CLIMATESET_GRID, progress=False
+        )
+    return generate_climateset(
+        path,
+        model,
+        ["historical"],
+        HISTORICAL_YEARS,
+        grid_shape=CLIMATESET_GRID,
+        in_vars=["CO2_sum"],
+        out_vars=[],
+        progress=False,
+    )

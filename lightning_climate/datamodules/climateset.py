@@ -7,7 +7,8 @@ Public interface (also used by the causal-discovery task):
   ``test_dataset``/``predict_dataset`` with a mapping ``"{scenario}_{climate_model}" ->
   ClimateSet`` over ``test_scenarios`` x ``test_years``, so each climate model is evaluated apart.
 * Samples (see :class:`~lightning_climate.datasets.ClimateSet`) are dicts of tensors: ``x``
-  float32 (12, C_in, H, W) forcings, ``y`` float32 (12 or 1, C_out, H, W) outputs, ``model_id``,
+  float32 (12, C_in, H, W) forcings (plus a last cumulative-CO2 channel with
+  ``cumulative_co2=True``), ``y`` float32 (12 or 1, C_out, H, W) outputs, ``model_id``,
   ``year`` and ``index`` int64 scalars. They hold physical values (read the datasets directly
   for raw fields, e.g. for causal discovery); after the
   batch reaches the device, :meth:`ClimateSetDataModule.on_after_batch_transfer` normalises ``x``
@@ -31,7 +32,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lightning_climate.datamodules.base import BaseDataModule
-from lightning_climate.datasets.climateset import INPUT_VARS, OUTPUT_VARS, ClimateSet
+from lightning_climate.datasets.climateset import (
+    CUMULATIVE_CO2,
+    HISTORICAL_YEARS,
+    INPUT_VARS,
+    OUTPUT_VARS,
+    ClimateSet,
+)
 from lightning_climate.datasets.climateset_generate import generate_climateset
 
 __all__ = ["ClimateSetDataModule", "split_train_val"]
@@ -108,6 +115,10 @@ class ClimateSetDataModule(BaseDataModule):
         seed: seed of the random validation split.
         generate: write a generated ClimateSet tree under ``root`` in ``prepare_data`` (demo).
         generate_grid_shape: (lat, lon) size of the generated grid.
+        cumulative_co2: add an input channel after ``in_vars``: the global CO2 emitted from 1850
+            to the end of the sample's year (GtCO2), normalised with its training statistics like
+            the other inputs. It needs the ``CO2_sum`` files of every historical year (1850-2014)
+            and of every SSP year from 2015 up to the last year used (``generate`` writes them).
     """
 
     def __init__(
@@ -131,6 +142,7 @@ class ClimateSetDataModule(BaseDataModule):
         seed: int = 0,
         generate: bool = False,
         generate_grid_shape: Sequence[int] = (96, 144),
+        cumulative_co2: bool = False,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         self.save_hyperparameters()
@@ -154,6 +166,7 @@ class ClimateSetDataModule(BaseDataModule):
         if len(generate_grid_shape) != 2:
             raise ValueError(f"generate_grid_shape must be (lat, lon), got {generate_grid_shape}.")
         self.generate_grid_shape = (int(generate_grid_shape[0]), int(generate_grid_shape[1]))
+        self.cumulative_co2 = cumulative_co2
         self.statistics: dict[str, Tensor] | None = None
         self.latitudes: np.ndarray | None = None
         self.longitudes: np.ndarray | None = None
@@ -162,16 +175,38 @@ class ClimateSetDataModule(BaseDataModule):
         """Write the generated tree when ``generate`` is set; real data is never touched."""
         if not self.generate:
             return
+        scenarios = sorted(set(self.train_scenarios + self.test_scenarios))
         generate_climateset(
             self.root,
             climate_models=self.climate_models,
-            scenarios=sorted(set(self.train_scenarios + self.test_scenarios)),
+            scenarios=scenarios,
             years=sorted(set(self.train_years + self.test_years)),
             members=self.members or ("r1i1p1f1",),
             grid_shape=self.generate_grid_shape,
             in_vars=self.in_vars,
             out_vars=self.out_vars,
         )
+        if not self.cumulative_co2:
+            return
+        # The CO2 maps of every year the running sums pass through, not only the split's years.
+        ssp_years = range(HISTORICAL_YEARS.stop, max(self.train_years + self.test_years) + 1)
+        co2_jobs = [(["historical"], HISTORICAL_YEARS)]
+        if ssp_years:
+            co2_jobs.append(([s for s in scenarios if s != "historical"], ssp_years))
+        for co2_scenarios, years in co2_jobs:
+            generate_climateset(
+                self.root,
+                scenarios=co2_scenarios,
+                years=years,
+                grid_shape=self.generate_grid_shape,
+                in_vars=["CO2_sum"],
+                out_vars=[],
+            )
+
+    @property
+    def input_names(self) -> list[str]:
+        """Channels of ``x``: ``in_vars``, then ``CO2_cumulative`` with ``cumulative_co2``."""
+        return self.in_vars + ([CUMULATIVE_CO2] if self.cumulative_co2 else [])
 
     def _dataset(self, scenarios: Sequence[str], years: Sequence[int]) -> ClimateSet:
         dataset = ClimateSet(
@@ -183,6 +218,7 @@ class ClimateSetDataModule(BaseDataModule):
             in_vars=self.in_vars,
             out_vars=self.out_vars,
             seq_to_seq=self.seq_to_seq,
+            cumulative_co2=self.cumulative_co2,
         )
         self.latitudes, self.longitudes = dataset.latitudes, dataset.longitudes
         return dataset.load_into_memory() if self.in_memory else dataset
@@ -237,7 +273,7 @@ class ClimateSetDataModule(BaseDataModule):
         n_models = len(self.climate_models)
         acc = {
             name: [torch.zeros(n_models, c, dtype=torch.float64) for _ in range(3)]
-            for name, c in (("in", len(self.in_vars)), ("out", len(self.out_vars)))
+            for name, c in (("in", len(self.input_names)), ("out", len(self.out_vars)))
         }
         pixel: dict[str, Tensor] = {}
         loader = DataLoader(dataset, batch_size=1, num_workers=self.num_workers)
@@ -319,7 +355,7 @@ class ClimateSetDataModule(BaseDataModule):
         """Restore the statistics of a checkpoint, checking they fit this configuration."""
         if not state_dict:
             return
-        n_models, n_in, n_out = len(self.climate_models), len(self.in_vars), len(self.out_vars)
+        n_models, n_in, n_out = len(self.climate_models), len(self.input_names), len(self.out_vars)
         got = {k: tuple(state_dict[k].shape) if k in state_dict else None for k in _STAT_KEYS}
         expected = {
             "in_mean": (n_models, n_in),
@@ -334,7 +370,8 @@ class ClimateSetDataModule(BaseDataModule):
             if got[key] != shape:
                 raise ValueError(
                     f"Checkpoint statistics {key!r} have shape {got[key]}, expected {shape} "
-                    f"(climate models x variables, normalization={self.normalization!r}). Use "
-                    "the checkpoint's datamodule configuration."
+                    f"(climate models x variables, normalization={self.normalization!r}, "
+                    f"cumulative_co2={self.cumulative_co2}). Use the checkpoint's datamodule "
+                    "configuration."
                 )
         self.statistics = {k: state_dict[k].clone() for k in _STAT_KEYS}

@@ -16,6 +16,12 @@ and DDP (netCDF/HDF5 handles are not fork-safe, pydata/xarray #4100), and memory
 the number of years or models (:meth:`ClimateSet.load_into_memory` trades that for speed on small
 data). Inputs and outputs are aligned by (year, month), not by timestamps, because Input4MIPs and
 CMIP6 files use different calendars.
+
+With ``cumulative_co2=True`` each sample gets one more input channel: the global CO2 emitted from
+the first historical year (1850) to the end of the sample's year, in GtCO2, the quantity warming
+follows (TCRE) and which one year of emission maps does not carry. It is integrated once, in
+``__init__``, from the ``CO2_sum`` flux maps (kg m-2 s-1) of every year: historical 1850-2014,
+then the sample's SSP from 2015, whatever years the split itself uses.
 """
 
 from __future__ import annotations
@@ -33,12 +39,17 @@ from torch.utils.data import Dataset
 from lightning_climate.utils import lazy_import
 
 __all__ = [
+    "CUMULATIVE_CO2",
     "FIRE_SPECS",
+    "HISTORICAL_YEARS",
     "INPUT_VARS",
     "OUTPUT_VARS",
     "ClimateSet",
     "MonthlyField",
     "SampleKey",
+    "annual_emission",
+    "cell_areas",
+    "cumulative_co2_emissions",
     "fire_spec",
     "input_dir",
     "output_dir",
@@ -59,6 +70,14 @@ FIRE_SPECS: dict[str, tuple[str, str]] = {
 _DEFAULT_FIRE_SPEC = ("anthro-fires", "anthro-fires")
 #: Variables without a fire variant (no open-burning component).
 _NO_FIRE_VARS = frozenset({"CO2_sum"})
+
+#: Years of the historical experiment, whose emissions every SSP continues from 2015.
+HISTORICAL_YEARS: range = range(1850, 2015)
+#: Name of the optional cumulative-emission input channel (GtCO2 since 1850, see ``cumulative_co2``).
+CUMULATIVE_CO2 = "CO2_cumulative"
+_CO2_VAR = "CO2_sum"
+_FLUX_UNITS = "kg m-2 s-1"
+_EARTH_RADIUS = 6.371e6  # m, the mean radius CMIP6 grids use for cell areas
 
 _LAT_NAMES = ("lat", "latitude")
 _LON_NAMES = ("lon", "longitude")
@@ -122,6 +141,8 @@ class MonthlyField:
     lat: np.ndarray
     lon: np.ndarray
     calendar: str
+    #: the variable's ``units`` attribute ("" when the file has none).
+    units: str = ""
 
 
 def _pick(names: Sequence[str], candidates: Sequence[str]) -> str | None:
@@ -172,6 +193,7 @@ def read_monthly_field(path: str | Path, variable: str, year: int) -> MonthlyFie
                 f"{path}: variable {name!r} has dimensions {dims}; expected (time, lat, lon) named "
                 f"one of {_TIME_NAMES}, {_LAT_NAMES}, {_LON_NAMES}."
             )
+        units_attr = str(getattr(var, "units", ""))
         values = np.ma.filled(var[:].astype(np.float32), np.nan)
         values = np.transpose(
             values, [dims.index(time_dim), dims.index(lat_dim), dims.index(lon_dim)]
@@ -199,7 +221,11 @@ def read_monthly_field(path: str | Path, variable: str, year: int) -> MonthlyFie
     if lat[0] > lat[-1]:
         lat, values = lat[::-1].copy(), values[:, ::-1].copy()
     return MonthlyField(
-        values=np.ascontiguousarray(values), lat=lat, lon=lon, calendar=str(calendar)
+        values=np.ascontiguousarray(values),
+        lat=lat,
+        lon=lon,
+        calendar=str(calendar),
+        units=units_attr,
     )
 
 
@@ -217,12 +243,149 @@ def _find_file(folder: Path, substring: str | None, fix: str) -> Path:
     return files[0]
 
 
+def cell_areas(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    """Areas (m2) of the (lat, lon) cells of a global grid, cell edges halfway between centres.
+
+    The outermost latitude edges lie half a spacing beyond the first and last centres, clipped to
+    +-90, so a grid whose centres sit on the poles gets half cells there; areas sum to 4 pi R^2
+    on grids that reach the poles.
+
+    Raises:
+        ValueError: if there are fewer than 2 latitudes or longitudes, latitudes are not strictly
+            ascending, or the longitudes are not evenly spaced once round the globe.
+    """
+    lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
+    if len(lat) < 2 or len(lon) < 2 or (np.diff(lat) <= 0).any():
+        raise ValueError(
+            f"cell_areas needs >= 2 ascending latitudes and >= 2 longitudes, got {lat}, {lon}."
+        )
+    edges = np.concatenate(
+        [[1.5 * lat[0] - 0.5 * lat[1]], (lat[1:] + lat[:-1]) / 2, [1.5 * lat[-1] - 0.5 * lat[-2]]]
+    )
+    bands = np.diff(np.sin(np.deg2rad(np.clip(edges, -90.0, 90.0))))
+    gaps = np.diff(np.append(lon, lon[0] + 360.0))
+    if not np.allclose(gaps, 360.0 / len(lon), rtol=1e-3):
+        raise ValueError(
+            "A global total needs longitudes evenly spaced once round the globe; got "
+            f"{lon[0]:.3f}..{lon[-1]:.3f} with steps {np.unique(np.round(gaps, 6))}."
+        )
+    widths = np.full(len(lon), np.deg2rad(360.0 / len(lon)))
+    return _EARTH_RADIUS**2 * bands[:, None] * widths[None, :]
+
+
+def _month_seconds(year: int, calendar: str) -> np.ndarray:
+    """Length (s) of each month of ``year`` in ``calendar`` (leap days counted where it has them)."""
+    cftime = lazy_import("cftime")
+    starts = [cftime.datetime(year, m, 1, calendar=calendar) for m in range(1, 13)]
+    starts.append(cftime.datetime(year + 1, 1, 1, calendar=calendar))
+    return np.diff(cftime.date2num(starts, "seconds since 1850-01-01", calendar))
+
+
+def annual_emission(path: str | Path, variable: str, year: int) -> float:
+    """Global mass (kg) emitted in ``year``: the monthly flux maps integrated over area and time.
+
+    Each month's flux (kg m-2 s-1) is multiplied by the cell areas of :func:`cell_areas` and by
+    the seconds of that month in the file's calendar, then summed.
+
+    Raises:
+        ValueError: naming ``path`` if the variable's units are not ``kg m-2 s-1``, plus the
+            errors of :func:`read_monthly_field` and :func:`cell_areas`.
+    """
+    field = read_monthly_field(path, variable, year)
+    if " ".join(field.units.split()) != _FLUX_UNITS:
+        raise ValueError(
+            f"{path}: {variable!r} has units {field.units!r}, expected {_FLUX_UNITS!r} (an "
+            "emission flux). Convert the file before asking for cumulative emissions."
+        )
+    areas = cell_areas(field.lat, field.lon)
+    seconds = _month_seconds(year, field.calendar)
+    return float(np.einsum("thw,hw,t->", field.values.astype(np.float64), areas, seconds))
+
+
+def _year_spans(years: Sequence[int]) -> str:
+    """``[1850, 1851, 1852, 1990]`` -> ``"1850-1852, 1990"``."""
+    spans: list[list[int]] = []
+    for year in sorted(years):
+        if spans and year == spans[-1][1] + 1:
+            spans[-1][1] = year
+        else:
+            spans.append([year, year])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def cumulative_co2_emissions(
+    root: str | Path, scenario: str, years: Sequence[int], resolution: str = "250_km"
+) -> dict[int, float]:
+    """Global CO2 emitted from 1850 to the end of each of ``years`` of ``scenario``, in GtCO2.
+
+    Sums :func:`annual_emission` of the ``CO2_sum`` file of every year (1 Gt = 1e12 kg of CO2):
+    the historical years 1850-2014, then, for an ``ssp*`` scenario, its own years from 2015. All
+    those files are needed, not only those of ``years``.
+
+    Raises:
+        ValueError: if ``scenario`` is neither ``historical`` nor ``ssp*``, or a year lies outside
+            it (historical 1850-2014, SSPs 2015 on).
+        FileNotFoundError: listing every year without a ``CO2_sum`` file, its folder and the fix;
+            the sum is never taken over part of the period.
+    """
+    first, last, start = HISTORICAL_YEARS.start, max(years), HISTORICAL_YEARS.stop
+    if scenario == "historical":
+        spans = [("historical", range(first, last + 1))]
+        outside = [y for y in years if y not in HISTORICAL_YEARS]
+    elif scenario.startswith("ssp"):
+        spans = [("historical", HISTORICAL_YEARS), (scenario, range(start, last + 1))]
+        outside = [y for y in years if y < start]
+    else:
+        raise ValueError(
+            f"Cumulative CO2 is defined for 'historical' and 'ssp*' scenarios (an SSP continues "
+            f"the historical emissions from {start}), not {scenario!r}."
+        )
+    if outside:
+        raise ValueError(
+            f"Years {_year_spans(outside)} are not {scenario} years (historical is "
+            f"{first}-{start - 1}, the SSPs start in {start})."
+        )
+    root = Path(root)
+    missing = {
+        name: [
+            y for y in span if not any(input_dir(root, name, _CO2_VAR, y, resolution).rglob("*.nc"))
+        ]
+        for name, span in spans
+    }
+    if any(missing.values()):
+        where = "; ".join(
+            f"{name} {_year_spans(ys)} (in {input_dir(root, name, _CO2_VAR, 0, resolution).parent}/<year>/)"
+            for name, ys in missing.items()
+            if ys
+        )
+        raise FileNotFoundError(
+            f"Cumulative CO2 of {scenario} sums {_CO2_VAR} over every year from {first} to "
+            f"{last}, but these years have no file: {where}. Add the Input4MIPs {_CO2_VAR} files of "
+            "those years (ClimateSet's inputs hold historical 1850-2014 and each SSP from 2015), or "
+            "for generated data run `generate_climateset(root, scenarios=[...], years=..., "
+            "in_vars=['CO2_sum'], out_vars=[])` (ClimateSetDataModule(generate=True) does it); "
+            "or set cumulative_co2=False."
+        )
+    total, out = 0.0, {}
+    wanted = set(years)
+    for name, span in spans:
+        for year in span:
+            folder = input_dir(root, name, _CO2_VAR, year, resolution)
+            path = _find_file(folder, None, "Keep one CO2_sum file per year folder.")
+            total += annual_emission(path, _CO2_VAR, year) / 1e12
+            if name == scenario and year in wanted:
+                out[year] = total
+    return out
+
+
 class ClimateSet(Dataset[dict[str, Tensor]]):
     """One sample per (climate model, member, scenario, year), read lazily from the ClimateSet tree.
 
     Samples are dicts with keys:
 
-    * ``x``: float32 (12, C_in, H, W), the forcings ``in_vars`` of the 12 months, physical units;
+    * ``x``: float32 (12, C_in, H, W), the forcings ``in_vars`` of the 12 months, physical units,
+      then with ``cumulative_co2`` one more channel (see :attr:`input_names`): the GtCO2 emitted
+      from 1850 to the end of the sample's year, the same in every month and cell;
     * ``y``: float32 (12, C_out, H, W) if ``seq_to_seq`` else (1, C_out, H, W) (December only);
     * ``model_id``: int64, position of the sample's climate model in ``climate_models``;
     * ``year``: int64 calendar year; ``index``: int64 position of the sample in this dataset.
@@ -238,9 +401,13 @@ class ClimateSet(Dataset[dict[str, Tensor]]):
         out_vars: CMIP6 variables, any subset of :data:`OUTPUT_VARS` (or other names on disk).
         seq_to_seq: map 12 months to 12 months; ``False`` keeps only the last month of ``y``.
         resolution: resolution token of the layout.
+        cumulative_co2: append the cumulative CO2 channel, integrated in ``__init__`` from the
+            ``CO2_sum`` files of 1850 up to the last of ``years`` (see
+            :func:`cumulative_co2_emissions`), whether or not those years are in ``years``.
 
     Raises:
-        FileNotFoundError: naming the first missing folder or file and how to create it.
+        FileNotFoundError: naming the first missing folder or file and how to create it (with
+            ``cumulative_co2``, every missing ``CO2_sum`` year).
     """
 
     def __init__(
@@ -254,6 +421,7 @@ class ClimateSet(Dataset[dict[str, Tensor]]):
         out_vars: Sequence[str] = OUTPUT_VARS,
         seq_to_seq: bool = True,
         resolution: str = "250_km",
+        cumulative_co2: bool = False,
     ) -> None:
         if not climate_models or not scenarios or not len(years) or not out_vars or not in_vars:
             raise ValueError(
@@ -268,6 +436,7 @@ class ClimateSet(Dataset[dict[str, Tensor]]):
         self.out_vars = list(out_vars)
         self.seq_to_seq = seq_to_seq
         self.resolution = resolution
+        self.cumulative_co2 = cumulative_co2
         self.fix = (
             f"Check `root` ({self.root}) and the requested models/scenarios/years/variables, or "
             "write a ClimateSet-layout tree with "
@@ -289,6 +458,12 @@ class ClimateSet(Dataset[dict[str, Tensor]]):
             self.in_vars + self.out_vars, [*self.files[0][0], *self.files[0][1]], strict=True
         ):
             self._calendars[var] = read_monthly_field(path, var, keys[0].year).calendar
+        #: (scenario, year) -> GtCO2 emitted from 1850 to the end of that year.
+        self.cumulative: dict[tuple[str, int], float] = {}
+        if cumulative_co2:
+            for scenario in self.scenarios:
+                values = cumulative_co2_emissions(self.root, scenario, self.years, resolution)
+                self.cumulative.update({(scenario, y): v for y, v in values.items()})
 
     def _members(self, model: str, members: Sequence[str] | None) -> list[str]:
         model_dir = self.root / "outputs" / "CMIP6" / model
@@ -327,6 +502,11 @@ class ClimateSet(Dataset[dict[str, Tensor]]):
             for var in self.out_vars
         ]
         return inputs, outputs
+
+    @property
+    def input_names(self) -> list[str]:
+        """Names of the channels of ``x``: ``in_vars``, then ``CO2_cumulative`` if asked for."""
+        return self.in_vars + ([CUMULATIVE_CO2] if self.cumulative_co2 else [])
 
     @property
     def latitudes(self) -> np.ndarray:
@@ -408,6 +588,9 @@ class ClimateSet(Dataset[dict[str, Tensor]]):
             [self._read(p, v, key.year) for p, v in zip(out_paths, self.out_vars, strict=True)],
             axis=1,
         )
+        if self.cumulative_co2:
+            value = self.cumulative[(key.scenario, key.year)]
+            x = np.concatenate([x, np.full_like(x[:, :1], value)], axis=1)
         if not self.seq_to_seq:
             y = y[-1:]
         return {"x": torch.from_numpy(x), "y": torch.from_numpy(y), **meta}

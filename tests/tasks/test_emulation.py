@@ -191,7 +191,8 @@ def test_example_configs_run(
         assert torch.isfinite(metrics[key]) and metrics[key] > 0, key
     dm = trainer.datamodule
     assert isinstance(dm, ClimateSetDataModule) and dm.generate
-    assert dm.train_dataset[0]["x"].shape == (12, 4, 32, 48)  # the example's generated grid
+    channels = 5 if dm.cumulative_co2 else 4  # climateset_unet_cumco2 adds cumulative CO2
+    assert dm.train_dataset[0]["x"].shape == (12, channels, 32, 48)  # the example's generated grid
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -46,6 +47,7 @@ def triplets(edge_index: Tensor, cell_offsets: Tensor, num_nodes: int) -> tuple[
 
 
 _pyg_bessel_basis = dimenet_utils.bessel_basis
+_SWAP_LOCK = threading.Lock()
 
 
 @functools.cache
@@ -62,11 +64,12 @@ def _cached_bessel_basis() -> Iterator[None]:
     (each model of an evidence run, each checkpoint load); the lambdified functions built from it
     are still PyG's own.
     """
-    dimenet_utils.bessel_basis = _bessel_basis
-    try:
-        yield
-    finally:
-        dimenet_utils.bessel_basis = _pyg_bessel_basis
+    with _SWAP_LOCK:  # two threads building models must not restore each other's swap
+        dimenet_utils.bessel_basis = _bessel_basis
+        try:
+            yield
+        finally:
+            dimenet_utils.bessel_basis = _pyg_bessel_basis
 
 
 class DimeNetPPBackbone(nn.Module):

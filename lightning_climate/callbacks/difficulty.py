@@ -37,6 +37,7 @@ from lightning_climate.analysis.scores import (
     prediction_depth,
 )
 from lightning_climate.callbacks.record_file import RecordFile
+from lightning_climate.utils import lazy_import
 
 __all__ = ["DIFFICULTY_SCORES", "DifficultyScores"]
 
@@ -200,7 +201,7 @@ class DifficultyScores(Callback):
     # ------------------------------------------------------------------ hooks
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Refuse sharded strategies, check ``layers`` and resolve the output file."""
+        """Refuse sharded strategies, check ``layers`` and netCDF4, and resolve the output file."""
         if isinstance(trainer.strategy, FSDPStrategy | DeepSpeedStrategy):
             raise TypeError(
                 "DifficultyScores evaluates the full model on every rank; use DDP or a single "
@@ -213,6 +214,7 @@ class DifficultyScores(Callback):
                 f"layers {missing} are not submodules of {type(pl_module).__name__}; choose from "
                 f"{[n for n in modules if n][:20]} (names of pl_module.named_modules())."
             )
+        lazy_import("netCDF4")  # the writer needs it; fail here, not one epoch later in its thread
         root = trainer.log_dir or trainer.default_root_dir
         self._resolved_path = Path(self.path or Path(root) / "difficulty_scores.nc")
         self._loader = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -447,3 +448,15 @@ def test_unwritable_path_is_an_error_naming_the_file(
     with pytest.raises(OSError, match=r"could not write its scores to .*taken\.nc.*writable file"):
         trainer.fit(TinyClassifier(), TinyDigits())
     assert path.is_dir() and not any(path.iterdir())
+
+
+def test_missing_netcdf4_fails_at_setup(
+    trainer_kwargs: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "netCDF4", None)  # as if not installed
+    trainer = Trainer(
+        max_epochs=1, callbacks=[DifficultyScores(path=str(tmp_path / "s.nc"))], **trainer_kwargs
+    )
+    with pytest.raises(ModuleNotFoundError, match=r"pip install netCDF4"):
+        trainer.fit(TinyClassifier(), TinyDigits())
+    assert not (tmp_path / "s.nc").exists()

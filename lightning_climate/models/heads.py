@@ -33,7 +33,8 @@ EnergyKind = Literal["sum", "mean", "weighted_initial", "weighted_final", "pooli
 ForceKind = Literal["none", "gradient", "direct", "mixed"]
 
 
-def _mlp(in_channels: int, out_channels: int) -> nn.Sequential:
+def mlp(in_channels: int, out_channels: int) -> nn.Sequential:
+    """Linear - SiLU - Linear through half the input width: the per-atom (or per-cluster) readout."""
     hidden = max(in_channels // 2, 1)
     return nn.Sequential(nn.Linear(in_channels, hidden), nn.SiLU(), nn.Linear(hidden, out_channels))
 
@@ -63,7 +64,7 @@ class EnergyHead(nn.Module):
                 f"(argument energy_head), got {kind!r}; pick one of those."
             )
         self.kind = kind
-        self.atom_energy = _mlp(hidden_channels, 1)
+        self.atom_energy = mlp(hidden_channels, 1)
         weight_in = (
             (initial_channels or hidden_channels) if kind == "weighted_initial" else hidden_channels
         )
@@ -99,7 +100,7 @@ class ForceHead(nn.Module):
 
     def __init__(self, hidden_channels: int) -> None:
         super().__init__()
-        self.decoder = _mlp(hidden_channels, 3)
+        self.decoder = mlp(hidden_channels, 3)
 
     def forward(self, h: Tensor) -> Tensor:
         """Forces (N, 3) from atom features (N, hidden)."""

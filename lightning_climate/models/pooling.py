@@ -42,6 +42,8 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import to_dense_adj, to_dense_batch
 
+from lightning_climate.models.heads import mlp
+
 __all__ = [
     "PoolingEnergyHead",
     "PoolingOutput",
@@ -145,11 +147,6 @@ class PoolingOutput:
         }
 
 
-def _mlp(in_channels: int, out_channels: int) -> nn.Sequential:
-    hidden = max(in_channels // 2, 1)
-    return nn.Sequential(nn.Linear(in_channels, hidden), nn.SiLU(), nn.Linear(hidden, out_channels))
-
-
 class PoolingEnergyHead(nn.Module):
     """Energy from soft cluster pooling of the final atom features (see the module docstring).
 
@@ -164,8 +161,8 @@ class PoolingEnergyHead(nn.Module):
         check_pooling_arguments(clusters, mixing)
         self.clusters = clusters
         self.mixing = float(mixing)
-        self.assign = _mlp(hidden_channels, clusters)
-        self.cluster_energy = _mlp(hidden_channels, 1)
+        self.assign = mlp(hidden_channels, clusters)
+        self.cluster_energy = mlp(hidden_channels, 1)
 
     def forward(
         self, h: Tensor, batch: Tensor, num_graphs: int, edge_index: Tensor

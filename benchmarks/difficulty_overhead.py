@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 import torch
+from epoch_timer import EpochTimer
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 
 from lightning_climate.analysis.scores import grand, grand_loop
@@ -29,21 +30,6 @@ from lightning_climate.callbacks import DifficultyScores
 from lightning_climate.datamodules import DigitsDataModule
 from lightning_climate.models import ReLUCNN, ReLUMLP
 from lightning_climate.tasks import ClassificationTask
-
-
-class EpochTimer(Callback):
-    """Wall time of each full epoch (training, scoring and validation)."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-        self._start = 0.0
-
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._start = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # registered after DifficultyScores, so its scoring pass is inside the interval
-        self.times.append(time.perf_counter() - self._start)
 
 
 class TimedScores(DifficultyScores):
@@ -85,9 +71,8 @@ def epoch_time(arch: str, scores: str, epochs: int, root: str) -> tuple[float, f
         default_root_dir=root,
     )
     trainer.fit(task, DigitsDataModule(batch_size=64))
-    steady = timer.times[1:]  # the first epoch includes warm-up
     scoring = scorer.seconds[1:] if scorer is not None else [0.0]
-    return sum(steady) / len(steady), sum(scoring) / len(scoring)
+    return timer.steady_mean(), sum(scoring) / len(scoring)
 
 
 def grand_ratio(arch: str, batch: int, repeats: int) -> tuple[float, float]:

@@ -8,11 +8,11 @@ Prints a Markdown table (energy MAE and EwT on val_id and the OOD splits, second
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 
 import torch
-from lightning.pytorch import Callback, Trainer, seed_everything
+from epoch_timer import EpochTimer
+from lightning.pytorch import Trainer, seed_everything
 
 from lightning_climate.datamodules import OC20DataModule
 from lightning_climate.tasks import CatalystTask
@@ -31,17 +31,6 @@ CONFIGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "FAENet-style SchNet (2D frame averaging)": ({}, {"frame_averaging": "2D"}),
     "DimeNet++": ({}, {"backbone": "dimenet++"}),
 }
-
-
-class EpochTimer(Callback):
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: Any) -> None:
-        self._start = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: Any) -> None:
-        self.times.append(time.perf_counter() - self._start)
 
 
 def constant_predictor(dm: OC20DataModule, value: float) -> dict[str, float]:
@@ -94,7 +83,7 @@ def main() -> None:
         )
         trainer.fit(task, dm)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        rows.append((label, metrics, sum(timer.times[1:]) / max(len(timer.times) - 1, 1)))
+        rows.append((label, metrics, timer.steady_mean()))
         print(label, {k: round(v, 4) for k, v in metrics.items() if "energy" in k}, flush=True)
     header = "| model | " + " | ".join(f"{n} MAE (eV) | {n} EwT" for n in names) + " | s/epoch |"
     print(header)

@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 import functools
 import math
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
-from lightning.pytorch import Callback, Trainer, seed_everything
+from epoch_timer import EpochTimer
+from lightning.pytorch import Trainer, seed_everything
 
 from lightning_climate.datamodules import OC20DataModule
 from lightning_climate.models import PoolingEnergyHead
@@ -39,17 +39,6 @@ HEADS: dict[str, dict[str, Any]] = {
     "sum": {"energy_head": "sum"},
     "weighted_final (PhAST example)": {"energy_head": "weighted_final"},
 }
-
-
-class EpochTimer(Callback):
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: Any) -> None:
-        self._start = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: Any) -> None:
-        self.times.append(time.perf_counter() - self._start)
 
 
 def graph_density(dm: OC20DataModule) -> str:
@@ -117,7 +106,7 @@ def run(config: dict[str, Any], root: str, head: dict[str, Any]) -> tuple[dict[s
     if head["energy_head"] == "pooling":
         print(assignment_summary(task, dm), flush=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    return metrics, sum(timer.times[1:]) / max(len(timer.times) - 1, 1)
+    return metrics, timer.steady_mean()
 
 
 def main() -> None:

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import central_difference_force, z_rotation
 from torch_geometric.data import Batch
 from torch_geometric.nn.models import SchNet
 
@@ -78,13 +78,7 @@ def test_gradient_forces_are_minus_the_energy_gradient() -> None:
     data = real_batch(double=True)
     out = model(data)
     atom, axis, step = 70, 2, 1e-5
-    energies = []
-    for sign in (1, -1):
-        shifted = data.clone()
-        shifted.pos = data.pos.clone()
-        shifted.pos[atom, axis] += sign * step
-        energies.append(model(shifted)["energy"][1].item())
-    finite = -(energies[0] - energies[1]) / (2 * step)
+    finite = central_difference_force(model, data, atom, axis, graph=1, step=step)
     assert out["forces"][atom, axis].item() == pytest.approx(finite, rel=1e-5, abs=1e-8)
 
 
@@ -94,15 +88,7 @@ def test_energy_is_invariant_to_rotation_and_translation() -> None:
         CatalystModel(**SMALL, phast_embedding=True, energy_head="weighted_final").double().eval()
     )
     data = real_batch(double=True)
-    angle = 0.7
-    rot = torch.tensor(
-        [
-            [math.cos(angle), -math.sin(angle), 0],
-            [math.sin(angle), math.cos(angle), 0],
-            [0, 0, 1.0],
-        ],
-        dtype=torch.float64,
-    )
+    rot = z_rotation(0.7)
     moved = data.clone()
     moved.pos = data.pos @ rot.T + torch.tensor([0.3, -1.0, 2.0], dtype=torch.float64)
     moved.cell = data.cell @ rot.T
@@ -188,15 +174,7 @@ def test_frame_counts_and_orthogonality(mode: str, se3: bool, count: int) -> Non
 def test_frame_averaging_makes_a_vector_model_invariant(mode: str) -> None:
     torch.manual_seed(0)
     data = real_batch(double=True)
-    angle = 0.9
-    rot = torch.tensor(
-        [
-            [math.cos(angle), -math.sin(angle), 0],
-            [math.sin(angle), math.cos(angle), 0],
-            [0, 0, 1.0],
-        ],
-        dtype=torch.float64,
-    )
+    rot = z_rotation(0.9)
     moved = data.clone()
     moved.pos, moved.cell = data.pos @ rot.T + 1.0, data.cell @ rot.T
     averaged = CatalystModel(**SMALL, frame_averaging=mode, force_head="direct").double().eval()

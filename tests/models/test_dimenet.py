@@ -1,9 +1,8 @@
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
+from conftest import central_difference_force, z_rotation
 from torch_geometric.data import Batch
 from torch_geometric.nn.models import dimenet, dimenet_utils
 from torch_geometric.nn.models.dimenet import SphericalBasisLayer
@@ -102,23 +101,9 @@ def test_dimenet_catalyst_model_forces_and_invariance() -> None:
     model = model.double().eval()
     out = model(data)
     atom, step = 2, 1e-5
-    energies = []
-    for sign in (1, -1):
-        moved = data.clone()
-        moved.pos = data.pos.clone()
-        moved.pos[atom, 0] += sign * step
-        energies.append(model(moved)["energy"].item())
-    finite = -(energies[0] - energies[1]) / (2 * step)
+    finite = central_difference_force(model, data, atom, 0, graph=0, step=step)
     assert out["forces"][atom, 0].item() == pytest.approx(finite, rel=1e-4, abs=1e-8)
-    angle = 1.0
-    rot = torch.tensor(
-        [
-            [math.cos(angle), -math.sin(angle), 0],
-            [math.sin(angle), math.cos(angle), 0],
-            [0, 0, 1.0],
-        ],
-        dtype=torch.float64,
-    )
+    rot = z_rotation(1.0)
     turned = data.clone()
     turned.pos, turned.cell = data.pos @ rot.T, data.cell @ rot.T
     assert torch.allclose(model(turned)["energy"], out["energy"], atol=1e-8)

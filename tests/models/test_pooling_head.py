@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import central_difference_force
 from torch_geometric.data import Batch, Data
 
 from lightning_climate.datasets.oc20 import entry_to_data, read_npz_batch
@@ -204,13 +205,7 @@ def test_pooling_with_gradient_forces_matches_finite_differences() -> None:
     data = Batch.from_data_list(real_graphs()[2:])
     out = model(data)
     atom, axis, step = 5, 0, 1e-5
-    energies = []
-    for sign in (1, -1):
-        shifted = data.clone()
-        shifted.pos = data.pos.clone()
-        shifted.pos[atom, axis] += sign * step
-        energies.append(model(shifted)["energy"][0].item())
-    finite = -(energies[0] - energies[1]) / (2 * step)
+    finite = central_difference_force(model, data, atom, axis, graph=0, step=step)
     assert out["forces"][atom, axis].item() == pytest.approx(finite, rel=1e-5, abs=1e-8)
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import matplotlib
 import pytest
+import torch
 
 matplotlib.use("agg")
 
@@ -97,3 +100,27 @@ def climateset_co2_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         out_vars=[],
         progress=False,
     )
+
+
+def z_rotation(angle: float) -> torch.Tensor:
+    """Float64 rotation by ``angle`` (radians) about the z axis, for invariance tests."""
+    c, s = math.cos(angle), math.sin(angle)
+    return torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+
+
+def central_difference_force(
+    model: Callable[[Any], dict[str, torch.Tensor]],
+    data: Any,
+    atom: int,
+    axis: int,
+    graph: int,
+    step: float = 1e-5,
+) -> float:
+    """``-dE/dx`` of graph ``graph`` for a move of ``atom`` along ``axis``, by central differences."""
+    energies = []
+    for sign in (1, -1):
+        moved = data.clone()
+        moved.pos = data.pos.clone()
+        moved.pos[atom, axis] += sign * step
+        energies.append(model(moved)["energy"][graph].item())
+    return -(energies[0] - energies[1]) / (2 * step)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import calendar
+import os
 import shutil
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 from conftest import CLIMATESET_GRID
 
-from lightning_climate.datasets import ClimateSet, generate_climateset
+from lightning_climate.datasets import ClimateSet, climateset, generate_climateset
 from lightning_climate.datasets.climateset import (
     CUMULATIVE_CO2,
     HISTORICAL_YEARS,
@@ -99,6 +100,29 @@ def test_monotone_and_historical_prefix(root: Path) -> None:
     ds = ClimateSet(root, scenarios=["historical"], years=[2010, 2014], cumulative_co2=True)
     assert ds[0]["x"][0, -1, 0, 0].item() == pytest.approx(history[2010], rel=1e-6)
     assert ds[1]["x"][0, -1, 0, 0].item() == pytest.approx(history[2014], rel=1e-6)
+
+
+def test_each_file_is_integrated_once_until_it_changes(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+
+    def counting(path: str | Path, variable: str, year: int) -> float:
+        calls.append(year)
+        return annual_emission(path, variable, year)
+
+    climateset._annual_co2.cache_clear()
+    monkeypatch.setattr(climateset, "annual_emission", counting)
+    years = list(range(2015, 2021))
+    first = cumulative_co2_emissions(root, "ssp126", years)
+    assert len(calls) == len(HISTORICAL_YEARS) + len(years)
+    cumulative_co2_emissions(root, "ssp585", years)  # the historical years come from the cache
+    assert len(calls) == len(HISTORICAL_YEARS) + 2 * len(years)
+    touched = co2_file(root, "historical", 1900)
+    stat = touched.stat()
+    os.utime(touched, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert cumulative_co2_emissions(root, "ssp126", years) == first
+    assert calls[-1] == 1900 and len(calls) == len(HISTORICAL_YEARS) + 2 * len(years) + 1
 
 
 def test_lazy_cached_subset_and_sequence_views_agree(root: Path) -> None:

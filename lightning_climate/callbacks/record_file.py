@@ -53,11 +53,7 @@ class RecordFile:
     ) -> None:
         """Write a new file holding one record, replacing any file at :attr:`path`."""
         with atomic_path(self.path) as tmp, self._open(tmp, "w") as ds:
-            ds.createDimension("epoch", None)
-            ds.createDimension("index", len(index))
-            ds.createVariable("epoch", "i8", ("epoch",))
-            ds.createVariable("global_step", "i8", ("epoch",))
-            ds.createVariable("index", "i8", ("index",))[:] = np.asarray(index, dtype=np.int64)
+            self._layout(ds, index)
             self._put(ds, epoch, global_step, values, attrs)
 
     def append(
@@ -83,8 +79,9 @@ class RecordFile:
     def keep(self, records: Collection[tuple[int, int]]) -> None:
         """Drop the records whose ``(epoch, global_step)`` is not in ``records`` (for resuming)."""
         wanted = set(records)
-        positions = [i for i, r in enumerate(self.records()) if r in wanted]
         with self._open(self.path, "r") as src:
+            pairs = zip(src["epoch"][:].tolist(), src["global_step"][:].tolist(), strict=True)
+            positions = [i for i, pair in enumerate(pairs) if pair in wanted]
             if len(positions) == len(src.dimensions["epoch"]):
                 return
             attrs = {k: src.getncattr(k) for k in src.ncattrs()}
@@ -94,11 +91,9 @@ class RecordFile:
             names = [n for n in src.variables if n not in ("epoch", "global_step", "index")]
             data = {n: np.ma.filled(src[n][:][positions], np.nan) for n in names}
         with atomic_path(self.path) as tmp, self._open(tmp, "w") as ds:
-            ds.createDimension("epoch", None)
-            ds.createDimension("index", len(index))
-            ds.createVariable("epoch", "i8", ("epoch",))[:] = epochs
-            ds.createVariable("global_step", "i8", ("epoch",))[:] = steps
-            ds.createVariable("index", "i8", ("index",))[:] = index
+            self._layout(ds, index)
+            ds["epoch"][:] = epochs
+            ds["global_step"][:] = steps
             for name in names:
                 self._variable(ds, name)[: len(positions)] = data[name]
             ds.setncatts(attrs)
@@ -109,6 +104,15 @@ class RecordFile:
     def _open(path: Path, mode: str) -> Any:
         netcdf4 = lazy_import("netCDF4")
         return netcdf4.Dataset(path, mode, format="NETCDF4")
+
+    @staticmethod
+    def _layout(ds: Any, index: np.ndarray) -> None:
+        """Dimensions and coordinates of a new, empty file."""
+        ds.createDimension("epoch", None)
+        ds.createDimension("index", len(index))
+        ds.createVariable("epoch", "i8", ("epoch",))
+        ds.createVariable("global_step", "i8", ("epoch",))
+        ds.createVariable("index", "i8", ("index",))[:] = np.asarray(index, dtype=np.int64)
 
     @staticmethod
     def _variable(ds: Any, name: str) -> Any:

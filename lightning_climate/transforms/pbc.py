@@ -90,10 +90,7 @@ def radius_graph_pbc(
     Raises:
         ValueError: a cell of zero volume along periodic directions, or a bad argument.
     """
-    if cutoff <= 0:
-        raise ValueError(f"cutoff must be positive (Å), got {cutoff}.")
-    if max_neighbors is not None and max_neighbors < 1:
-        raise ValueError(f"max_neighbors must be >= 1 or None, got {max_neighbors}.")
+    _check_arguments(cutoff, max_neighbors)
     cell = cell.reshape(-1, 3, 3)
     if cell.shape[0] != ptr.numel() - 1:
         raise ValueError(f"got {cell.shape[0]} cells for {ptr.numel() - 1} systems.")
@@ -145,6 +142,13 @@ def radius_graph_pbc(
     return edge_index, cell_offsets, distances
 
 
+def _check_arguments(cutoff: float, max_neighbors: int | None) -> None:
+    if cutoff <= 0:
+        raise ValueError(f"cutoff must be positive (Å), got {cutoff}.")
+    if max_neighbors is not None and max_neighbors < 1:
+        raise ValueError(f"max_neighbors must be >= 1 or None, got {max_neighbors}.")
+
+
 def _neighbor_list(cutoff: float) -> Any:
     """One vesin ``NeighborList`` per cutoff and thread (it reuses its buffers between calls).
 
@@ -182,10 +186,7 @@ class RadiusGraphPBC(BaseTransform):
         pbc: Sequence[bool] = (True, True, True),
         overwrite: bool = True,
     ) -> None:
-        if cutoff <= 0:
-            raise ValueError(f"cutoff must be positive (Å), got {cutoff}.")
-        if max_neighbors is not None and max_neighbors < 1:
-            raise ValueError(f"max_neighbors must be >= 1 or None, got {max_neighbors}.")
+        _check_arguments(cutoff, max_neighbors)
         if len(pbc) != 3:
             raise ValueError(f"pbc needs one flag per lattice vector, got {pbc}.")
         self.cutoff = cutoff

@@ -11,10 +11,8 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_climate.datamodules.base import BaseDataModule
 from lightning_climate.datasets.downscaling import BlockMeanPairs
-from lightning_climate.datasets.navier_stokes import (
-    NavierStokesTrajectories,
-    generate_navier_stokes,
-)
+from lightning_climate.datasets.navier_stokes import NavierStokesTrajectories
+from lightning_climate.datasets.navier_stokes_generate import generate_navier_stokes
 from lightning_climate.layers.constraints import block_mean
 
 __all__ = ["NavierStokesDataModule"]
@@ -34,7 +32,7 @@ class NavierStokesDataModule(BaseDataModule):
     sets are named ``x1``, ``x2``, ``x4``.
 
     Data: with ``path=None`` the module generates, in ``prepare_data``, a set with the pseudo-spectral
-    solver of :mod:`lightning_climate.datasets.navier_stokes` into ``data_dir`` (once; later runs
+    solver of :mod:`lightning_climate.datasets.navier_stokes_solver` into ``data_dir`` (once; later runs
     reuse the file). ``path`` may instead name an existing HDF5 file of that generator or a
     published FNO ``.mat`` file (``NavierStokes_V1e-3_N5000_T50.mat`` and friends).
 

@@ -33,8 +33,10 @@ class NavierStokesDataModule(BaseDataModule):
 
     Data: with ``path=None`` the module generates, in ``prepare_data``, a set with the pseudo-spectral
     solver of :mod:`lightning_climate.datasets.navier_stokes_solver` into ``data_dir`` (once; later runs
-    reuse the file). ``path`` may instead name an existing HDF5 file of that generator or a
-    published FNO ``.mat`` file (``NavierStokes_V1e-3_N5000_T50.mat`` and friends).
+    reuse the file). ``path`` may instead name an existing HDF5 file of that generator, a
+    published FNO ``.mat`` file (``NavierStokes_V1e-3_N5000_T50.mat`` and friends) or one of
+    neuraloperator's ``nsforcing_{train,test}_{res}.pt`` files (by suffix; its vorticity ``y`` is
+    downscaled, one snapshot per sample).
 
     Args:
         data_dir: folder of generated files.

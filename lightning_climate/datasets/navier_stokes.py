@@ -1,4 +1,4 @@
-"""Reader of 2-D Navier-Stokes vorticity files: ours (HDF5) and the published FNO ``.mat`` files.
+"""Reader of 2-D Navier-Stokes vorticity files: ours (HDF5), FNO ``.mat`` and neuraloperator ``.pt``.
 
 The solver lives in :mod:`lightning_climate.datasets.navier_stokes_solver` and the writer in
 :mod:`lightning_climate.datasets.navier_stokes_generate`; their public names are re-exported here,
@@ -20,6 +20,7 @@ from lightning_climate.datasets.navier_stokes_generate import (
     generate_navier_stokes,
     trajectory_generator,
 )
+from lightning_climate.datasets.navier_stokes_neuralop import NEURALOP_SUFFIXES, load_neuralop_pt
 from lightning_climate.datasets.navier_stokes_solver import (
     gaussian_random_field,
     li_forcing,
@@ -45,12 +46,15 @@ _REGENERATE = (
 class NavierStokesTrajectories(Dataset[Tensor]):
     """Lazy reader of Navier-Stokes vorticity trajectories.
 
-    Opens three formats, recognised by content:
+    Opens four formats, recognised by content (``.pt``/``.pth`` by suffix):
 
     * files of :func:`generate_navier_stokes` (HDF5, dataset ``vorticity`` ``(N, T, H, W)``);
     * the published FNO MATLAB v7.3 ``.mat`` files (HDF5 written column-major: the axis order is
       reversed on read, as Li's ``MatReader`` does, so ``u`` is ``(N, H, W, T)``);
-    * older MATLAB ``.mat`` files (read whole with :func:`scipy.io.loadmat` on first access).
+    * older MATLAB ``.mat`` files (read whole with :func:`scipy.io.loadmat` on first access);
+    * neuraloperator's ``nsforcing_{train,test}_{res}.pt`` (``{"x", "y"}`` of shape ``(N, s, s)``,
+      loaded with ``torch.load(weights_only=True)``, memory-mapped): each sample is a trajectory of
+      one step, the vorticity ``y``; ``x`` (the forcing input of that data set) is not read.
 
     In the ``.mat`` files ``a`` is the initial condition and ``u[..., 0]`` the state at the first
     record, not ``t = 0``. HDF5 files are opened once per process on first access, so the reader is
@@ -60,7 +64,7 @@ class NavierStokesTrajectories(Dataset[Tensor]):
         path: the data file.
 
     Attributes:
-        format: ``"hdf5"``, ``"mat-v7.3"`` or ``"mat-v5"``.
+        format: ``"hdf5"``, ``"mat-v7.3"``, ``"mat-v5"`` or ``"neuralop-pt"``.
         attrs: the file's metadata (every generator parameter for our files).
         times: record times ``(num_steps,)`` from the file's ``t``, or ``None`` if it has none.
     """
@@ -70,13 +74,18 @@ class NavierStokesTrajectories(Dataset[Tensor]):
         if not self.path.is_file():
             raise FileNotFoundError(
                 f"Navier-Stokes data file {self.path} does not exist; {_REGENERATE}, or point "
-                f"`path` at a published FNO .mat file."
+                f"`path` at a published FNO .mat or neuraloperator nsforcing_*.pt file."
             )
         self._handle: Any = None
         self._handle_pid: int | None = None
         self._mat: dict[str, np.ndarray] | None = None
+        self._pt: dict[str, Tensor] | None = None
         h5py = lazy_import("h5py")
-        if h5py.is_hdf5(self.path):
+        if self.path.suffix.lower() in NEURALOP_SUFFIXES:
+            y = self._neuralop()["y"]
+            self.format, self._key, self._shape = "neuralop-pt", "y", (len(y), 1, *y.shape[1:])
+            self.attrs, self.times = {"format": "neuralop-pt"}, None
+        elif h5py.is_hdf5(self.path):
             self._open_hdf5(h5py)
         else:
             self._open_mat_v5()
@@ -158,7 +167,9 @@ class NavierStokesTrajectories(Dataset[Tensor]):
     def __getitem__(self, index: int) -> Tensor:
         """Trajectory ``index`` as float32 ``(num_steps, H, W)``, checked to be finite."""
         index = self._check_index(index)
-        if self.format == "mat-v5":
+        if self.format == "neuralop-pt":
+            field = self._neuralop()["y"][index, None].to(torch.float32, copy=True).numpy()
+        elif self.format == "mat-v5":
             field = self._mat_v5()["u"][index].transpose(2, 0, 1)  # (H, W, T) -> (T, H, W)
         elif self.format == "mat-v7.3":
             field = self._hdf5_read("u", (..., index)).transpose(0, 2, 1)  # (T, W, H) -> (T, H, W)
@@ -175,6 +186,12 @@ class NavierStokesTrajectories(Dataset[Tensor]):
     def initial_condition(self, index: int) -> Tensor:
         """Initial vorticity (``w0``, or ``a`` in ``.mat`` files) of trajectory ``index``: ``(H, W)``."""
         index = self._check_index(index)
+        if self.format == "neuralop-pt":
+            raise KeyError(
+                f"{self.path} (neuraloperator layout) holds no initial conditions: its `x` is the "
+                f"forcing input of the forcing -> vorticity task and `y` the vorticity read here; "
+                f"load `x` with lightning_climate.datasets.navier_stokes_neuralop.load_neuralop_pt."
+            )
         if self.format == "mat-v5":
             variables = self._mat_v5()
             if "a" not in variables:
@@ -204,6 +221,12 @@ class NavierStokesTrajectories(Dataset[Tensor]):
             self._mat = {key: value for key, value in mat.items() if not key.startswith("__")}
         return self._mat
 
+    def _neuralop(self) -> dict[str, Tensor]:
+        """``x`` and ``y`` of a neuraloperator ``.pt`` file, memory-mapped once per process."""
+        if self._pt is None:
+            self._pt = load_neuralop_pt(self.path)
+        return self._pt
+
     def _hdf5_read(self, key: str, selection: Any) -> np.ndarray:
         """``file[key][selection]`` through a handle opened once per process."""
         if self._handle is None or self._handle_pid != os.getpid():
@@ -219,7 +242,7 @@ class NavierStokesTrajectories(Dataset[Tensor]):
     def __getstate__(self) -> dict[str, Any]:
         # open HDF5 handles cannot be pickled: each worker process reopens the file
         state = self.__dict__.copy()
-        state["_handle"], state["_handle_pid"], state["_mat"] = None, None, None
+        state["_handle"], state["_handle_pid"], state["_mat"], state["_pt"] = None, None, None, None
         return state
 
     def __repr__(self) -> str:

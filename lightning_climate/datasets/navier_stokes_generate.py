@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from lightning_climate.datasets.integrity import require_free_space
 from lightning_climate.datasets.navier_stokes_solver import (
     _num_steps,
     gaussian_random_field,
@@ -27,7 +28,17 @@ from lightning_climate.datasets.navier_stokes_solver import (
 )
 from lightning_climate.utils import atomic_path, lazy_import
 
-__all__ = ["generate_navier_stokes", "trajectory_generator"]
+__all__ = ["estimated_size", "generate_navier_stokes", "trajectory_generator"]
+
+#: HDF5 metadata and attributes of one file, with room to spare.
+_METADATA_BYTES = 2**20
+
+
+def estimated_size(num_trajectories: int, resolution: int, record_steps: int) -> int:
+    """Upper estimate (bytes) of a :func:`generate_navier_stokes` file: float32 fields + metadata."""
+    fields = 4 * num_trajectories * (record_steps + 1) * resolution**2
+    checksums = 4 * 2 * num_trajectories  # one fletcher32 word per chunk
+    return fields + 8 * record_steps + checksums + _METADATA_BYTES
 
 
 def trajectory_generator(seed: int, index: int) -> torch.Generator:
@@ -57,7 +68,8 @@ def generate_navier_stokes(
     Initial conditions are Gaussian random fields (alpha = 2.5, tau = 7) drawn from
     :func:`trajectory_generator` ``(seed, i)``, the forcing is :func:`li_forcing`, and the solver runs
     in float64; the file stores float32. The file is written atomically: an interrupted run leaves
-    no file at ``path``. The layout is described in this module's docstring.
+    no file at ``path``, and it is refused before any solving if the disk cannot hold it
+    (:func:`estimated_size`). The layout is described in this module's docstring.
 
     Args:
         path: output file (conventionally ``*.h5``); parent folders are created.
@@ -88,6 +100,12 @@ def generate_navier_stokes(
     forcing = li_forcing(resolution)
     times = t_final * np.arange(1, record_steps + 1) / record_steps
     path = Path(path)
+    require_free_space(
+        path,
+        estimated_size(num_trajectories, resolution, record_steps),
+        "write elsewhere (`path`, or the datamodule's `data_dir`), or generate fewer "
+        "trajectories (`num_trajectories`) or a smaller grid (`resolution`).",
+    )
     attrs = {
         "num_trajectories": num_trajectories,
         "resolution": resolution,

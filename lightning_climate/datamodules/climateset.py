@@ -21,6 +21,7 @@ Public interface (also used by the causal-discovery task):
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -119,6 +120,9 @@ class ClimateSetDataModule(BaseDataModule):
             to the end of the sample's year (GtCO2), normalised with its training statistics like
             the other inputs. It needs the ``CO2_sum`` files of every historical year (1850-2014)
             and of every SSP year from 2015 up to the last year used (``generate`` writes them).
+        train_historical_years: first and last (inclusive) year of ``historical`` when it is
+            among ``train_scenarios`` (upstream's ``train_historical_years``, e.g. 1850-2010),
+            while ``train_years`` are the SSPs' years; ``None`` uses ``train_years`` for it too.
     """
 
     def __init__(
@@ -143,6 +147,7 @@ class ClimateSetDataModule(BaseDataModule):
         generate: bool = False,
         generate_grid_shape: Sequence[int] = (96, 144),
         cumulative_co2: bool = False,
+        train_historical_years: Sequence[int] | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         self.save_hyperparameters()
@@ -167,6 +172,14 @@ class ClimateSetDataModule(BaseDataModule):
             raise ValueError(f"generate_grid_shape must be (lat, lon), got {generate_grid_shape}.")
         self.generate_grid_shape = (int(generate_grid_shape[0]), int(generate_grid_shape[1]))
         self.cumulative_co2 = cumulative_co2
+        self.train_historical_years = (
+            None
+            if train_historical_years is None
+            else _year_range(train_historical_years, "train_historical_years")
+        )
+        if self.train_historical_years is not None:
+            n_hist = len(self.train_historical_years)
+            split_train_val(self.train_historical_years, n_hist, val_fraction, val_split, seed)
         self.statistics: dict[str, Tensor] | None = None
         self.latitudes: np.ndarray | None = None
         self.longitudes: np.ndarray | None = None
@@ -176,16 +189,24 @@ class ClimateSetDataModule(BaseDataModule):
         if not self.generate:
             return
         scenarios = sorted(set(self.train_scenarios + self.test_scenarios))
-        generate_climateset(
-            self.root,
-            climate_models=self.climate_models,
-            scenarios=scenarios,
-            years=sorted(set(self.train_years + self.test_years)),
-            members=self.members or ("r1i1p1f1",),
-            grid_shape=self.generate_grid_shape,
-            in_vars=self.in_vars,
-            out_vars=self.out_vars,
-        )
+        jobs = [(scenarios, sorted(set(self.train_years + self.test_years)))]
+        if self.train_historical_years is not None and "historical" in scenarios:
+            jobs = [([s for s in scenarios if s != "historical"], jobs[0][1])]
+            historical_years = set(self.train_historical_years)
+            if "historical" in self.test_scenarios:
+                historical_years |= set(self.test_years)
+            jobs.append((["historical"], sorted(historical_years)))
+        for job_scenarios, job_years in jobs:
+            generate_climateset(
+                self.root,
+                climate_models=self.climate_models,
+                scenarios=job_scenarios,
+                years=job_years,
+                members=self.members or ("r1i1p1f1",),
+                grid_shape=self.generate_grid_shape,
+                in_vars=self.in_vars,
+                out_vars=self.out_vars,
+            )
         if not self.cumulative_co2:
             return
         # The CO2 maps of every year the running sums pass through, not only the split's years.
@@ -208,7 +229,12 @@ class ClimateSetDataModule(BaseDataModule):
         """Channels of ``x``: ``in_vars``, then ``CO2_cumulative`` with ``cumulative_co2``."""
         return self.in_vars + ([CUMULATIVE_CO2] if self.cumulative_co2 else [])
 
-    def _dataset(self, scenarios: Sequence[str], years: Sequence[int]) -> ClimateSet:
+    def _dataset(
+        self,
+        scenarios: Sequence[str],
+        years: Sequence[int],
+        historical_years: Sequence[int] | None = None,
+    ) -> ClimateSet:
         dataset = ClimateSet(
             self.root,
             climate_models=self.climate_models,
@@ -219,15 +245,30 @@ class ClimateSetDataModule(BaseDataModule):
             out_vars=self.out_vars,
             seq_to_seq=self.seq_to_seq,
             cumulative_co2=self.cumulative_co2,
+            historical_years=historical_years,
         )
         self.latitudes, self.longitudes = dataset.latitudes, dataset.longitudes
         return dataset.load_into_memory() if self.in_memory else dataset
 
     def _train_val(self) -> tuple[ClimateSet, ClimateSet]:
-        pool = self._dataset(self.train_scenarios, self.train_years)
-        train, val = split_train_val(
-            self.train_years, len(pool), self.val_fraction, self.val_split, self.seed
-        )
+        pool = self._dataset(self.train_scenarios, self.train_years, self.train_historical_years)
+        if self.val_split == "random" or self.train_historical_years is None:
+            train, val = split_train_val(
+                self.train_years, len(pool), self.val_fraction, self.val_split, self.seed
+            )
+            return pool.subset(train), pool.subset(val)
+        # Runs (model, member, scenario) differ in length: hold out the last years of each.
+        train, val, start = [], [], 0
+        for (_, _, scenario), run in itertools.groupby(
+            pool.keys, lambda k: (k.model_id, k.member, k.scenario)
+        ):
+            years = pool.scenario_years(scenario)
+            run_train, run_val = split_train_val(
+                years, len(years), self.val_fraction, "blocked", self.seed
+            )
+            train += [start + i for i in run_train]
+            val += [start + i for i in run_val]
+            start += len(list(run))
         return pool.subset(train), pool.subset(val)
 
     def setup(self, stage: str) -> None:

@@ -234,9 +234,15 @@ class NavierStokesTrajectories(Dataset[Tensor]):
             self._handle_pid = os.getpid()
         if key not in self._handle:
             raise KeyError(f"{self.path} has no `{key}` variable; found {sorted(self._handle)}.")
+        dataset = self._handle[key]
         try:
-            return self._handle[key][selection]
+            return dataset[selection]
         except OSError as err:
+            if dataset.fletcher32:
+                raise ValueError(
+                    f"{self.path}: reading `{key}` failed ({err}): its fletcher32 checksum does not "
+                    f"match, the file is damaged. Delete it and {_REGENERATE}, or download it again."
+                ) from err
             raise ValueError(f"reading `{key}`: {_corrupt(self.path)}") from err
 
     def __getstate__(self) -> dict[str, Any]:

@@ -7,6 +7,8 @@ File layout written by :func:`generate_navier_stokes` (HDF5):
   first record is not ``t = 0``;
 * ``w0``: float32 ``(num_trajectories, resolution, resolution)``, the initial conditions;
 * ``t``: float64 ``(record_steps,)``, the recorded times;
+* every dataset is chunked per trajectory and fletcher32-checksummed, so flipped bytes are an
+  error on read, never silently wrong values;
 * attributes: every generator argument, the seed and the package version.
 """
 
@@ -124,13 +126,15 @@ def generate_navier_stokes(
     shape = (num_trajectories, record_steps, resolution, resolution)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as file:
         file.attrs.update(attrs)
+        # fletcher32: every chunk is checksummed, so damaged bytes fail on read
         vorticity = file.create_dataset(
-            "vorticity", shape=shape, dtype="f4", chunks=(1, *shape[1:])
+            "vorticity", shape=shape, dtype="f4", chunks=(1, *shape[1:]), fletcher32=True
         )
+        w0_shape = (num_trajectories, resolution, resolution)
         w0_set = file.create_dataset(
-            "w0", shape=(num_trajectories, resolution, resolution), dtype="f4"
+            "w0", shape=w0_shape, dtype="f4", chunks=(1, *w0_shape[1:]), fletcher32=True
         )
-        file.create_dataset("t", data=times)
+        file.create_dataset("t", data=times, fletcher32=True)
         with tqdm(
             total=num_trajectories, desc=f"Navier-Stokes {path.name}", disable=not progress
         ) as bar:

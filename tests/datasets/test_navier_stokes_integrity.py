@@ -6,9 +6,12 @@ import errno
 import shutil
 from pathlib import Path
 
+import h5py
 import pytest
+import torch
 
 from lightning_climate.datasets import integrity
+from lightning_climate.datasets.navier_stokes import NavierStokesTrajectories
 from lightning_climate.datasets.navier_stokes_generate import (
     estimated_size,
     generate_navier_stokes,
@@ -65,3 +68,21 @@ def test_enough_space_generates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(integrity.shutil, "disk_usage", just_enough)
     assert generate_navier_stokes(tmp_path / "ns.h5", 1, **SMALL).is_file()
+
+
+def test_flipped_bytes_are_a_checksum_error_naming_the_file(tmp_path: Path) -> None:
+    path = generate_navier_stokes(tmp_path / "ns.h5", 3, **SMALL)
+    before = NavierStokesTrajectories(path)
+    intact = [before[0], before[2]]
+    with h5py.File(path, "r") as file:
+        assert all(file[key].fletcher32 for key in ("vorticity", "w0", "t"))
+        chunk = file["vorticity"].id.get_chunk_info(1)  # trajectory 1
+    raw = bytearray(path.read_bytes())
+    raw[chunk.byte_offset + chunk.size // 3] ^= 0x01  # one low mantissa bit: a plausible value
+    path.write_bytes(bytes(raw))
+    data = NavierStokesTrajectories(path)
+    assert torch.equal(data[0], intact[0]) and torch.equal(data[2], intact[1])
+    with pytest.raises(
+        ValueError, match=r"ns\.h5: reading `vorticity` failed.*fletcher32 checksum"
+    ):
+        data[1]

@@ -19,7 +19,6 @@ import hashlib
 import os
 import re
 import shutil
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -258,7 +257,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = verify(args.manifest, args.root)
     print(report)
     return 0 if report.passed else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

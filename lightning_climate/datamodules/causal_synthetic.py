@@ -52,7 +52,7 @@ def blocked_window_starts(
 class CausalSyntheticDataModule(BaseDataModule):
     """Windows of a synthetic SAVAR-style series whose latent graph and mixing are known.
 
-    ``prepare_data`` writes ``<root>/causal_synthetic.npz`` with
+    With ``generate=True``, ``prepare_data`` writes ``<root>/causal_synthetic.npz`` with
     :func:`~lightning_climate.datasets.generate_causal_synthetic` unless it exists; ``setup``
     reads it, checks it was made with the same generator arguments, and splits it in time blocks
     (train, val, test parts in every block; windows never cross a part).
@@ -80,7 +80,10 @@ class CausalSyntheticDataModule(BaseDataModule):
         batch_size: samples per batch.
         num_workers: loader worker processes.
         seed: seed of the shuffling (the split itself is deterministic).
+        generate: let ``prepare_data`` write the data file if it is missing.
     """
+
+    data_name = "causal synthetic data file"
 
     file_name = "causal_synthetic.npz"
 
@@ -102,9 +105,11 @@ class CausalSyntheticDataModule(BaseDataModule):
         batch_size: int = 16,
         num_workers: int = 0,
         seed: int = 0,
+        generate: bool = False,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         self.root = Path(root)
+        self.generate = generate
         self.generator_args = {
             "num_latents": num_latents,
             "num_lags": num_lags,
@@ -142,12 +147,17 @@ class CausalSyntheticDataModule(BaseDataModule):
         return self.root / self.file_name
 
     def prepare_data(self) -> None:
-        """Write the data file if it does not exist (rank 0 only, no state set)."""
-        if not self.path.exists():
-            generate_causal_synthetic(self.path, **self.generator_args)
+        """Write the data file if it is missing and ``generate`` is set (rank 0 only)."""
+        if self.path.exists():
+            return
+        if not self.generate:
+            raise self.missing_data_error(self.path)
+        generate_causal_synthetic(self.path, **self.generator_args)
 
     def setup(self, stage: str | None = None) -> None:
-        """Read the file, check its generator arguments, split it and standardise it."""
+        """Read the file, check its generator arguments and split it."""
+        if not self.path.exists():
+            raise self.missing_data_error(self.path)
         data = read_causal_synthetic(self.path)
         if data["params"] != self.generator_args:
             diff = {

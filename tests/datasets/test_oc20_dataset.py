@@ -187,7 +187,19 @@ def test_length_beyond_entries_names_the_entry(tmp_path: Path, entries) -> None:
         ),
         (lambda e: e["pos"].__setitem__(0, [500.0, 0.0, 0.0]), ValueError, "outside the cell"),
         (lambda e: e.update(tags=e["tags"][:-1]), ValueError, "tags has 23 rows for 24 atoms"),
-        (lambda e: e.pop("distances"), ValueError, "store all three or none"),
+        (lambda e: e.pop("cell_offsets"), ValueError, "has edge_index but not cell_offsets"),
+        (lambda e: e.update(nedges=7), ValueError, "nedges is 7 but edge_index has 386 edges"),
+        (lambda e: e.update(natoms=23), ValueError, "natoms is 23 but pos has 24 rows"),
+        (lambda e: e["pos"].__setitem__((3, 1), np.nan), ValueError, r"pos holds NaN or Inf \(1 "),
+        (lambda e: e["cell"].__setitem__((1, 1), np.inf), ValueError, "cell holds NaN or Inf"),
+        (lambda e: e["force"].__setitem__((0, 0), np.nan), ValueError, "force holds NaN or Inf"),
+        (lambda e: e.update(y_relaxed=np.float64("nan")), ValueError, "y_relaxed is nan"),
+        (lambda e: e["distances"].__setitem__(5, np.inf), ValueError, "distances holds NaN"),
+        (
+            lambda e: e["atomic_numbers"].__setitem__(0, -3),
+            ValueError,
+            r"unknown element\(s\) \[-3",
+        ),
     ],
 )
 def test_bad_entries_name_the_entry_and_fix(tmp_path: Path, entries, change, error, match) -> None:

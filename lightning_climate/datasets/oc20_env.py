@@ -4,27 +4,26 @@ py-lmdb allows one open environment per file and process (LMDB's locks belong to
 a forked child inherits that registry: a DataLoader worker could not open a file its parent had
 open. So environments are opened lazily, shared by every dataset of the process (keyed by inode
 and mtime, so a replaced file is opened afresh), and closed just before the process forks (they
-are reopened on next use). A file that *other* code of the process holds open cannot be opened a
-second time; that is reported as such, with the fix, instead of as a damaged file.
+are reopened on next use). A file that *other* code of the process holds open (the user's own
+``lmdb.open``) cannot be opened a second time through py-lmdb: it is then read through
+:class:`.oc20_lmdb_mmap.MappedLMDB`, a pure-Python reader of the mapped file, with a warning.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+import warnings
 from pathlib import Path
 from typing import Any
 
+from lightning_climate.datasets.oc20_lmdb_mmap import MappedLMDB
 from lightning_climate.utils import lazy_import
 
-__all__ = ["FileAlreadyOpenError", "check_lmdb_size", "close_envs", "open_env"]
+__all__ = ["check_lmdb_size", "close_envs", "open_env"]
 
 _LMDB_MAGIC = 0xBEEFC0DE
 _ENVS: dict[tuple[str, int, int], Any] = {}
-
-
-class FileAlreadyOpenError(RuntimeError):
-    """The LMDB file is already open through another ``lmdb.Environment`` of this process."""
 
 
 def check_lmdb_size(path: Path) -> None:
@@ -83,17 +82,32 @@ def _open_new_env(path: Path) -> Any:
         )
     except lmdb.Error as err:
         if "already open in this process" in str(err):
-            raise FileAlreadyOpenError(
-                f"{path} is already open in this process through another lmdb.Environment "
-                "(py-lmdb allows one per file and process, and forked DataLoader workers "
-                "inherit it). Close that environment (env.close()) before reading the file with "
-                "OC20LMDBDataset, or open it in a separate process."
-            ) from err
+            return _read_without_lmdb(path)
         raise RuntimeError(
             f"cannot open the LMDB file {path}: {err}. The file is corrupted or truncated; "
             "download it again or regenerate it (OC20DataModule.prepare_data / "
             "lightning_climate.datasets.oc20_generate)."
         ) from err
+
+
+def _read_without_lmdb(path: Path) -> MappedLMDB:
+    why = (
+        f"{path} is already open in this process through another lmdb.Environment (py-lmdb "
+        "allows one per file and process, and forked DataLoader workers inherit it)"
+    )
+    try:
+        reader = MappedLMDB(path)
+    except RuntimeError as err:
+        raise RuntimeError(
+            f"{why}, and the fallback reader cannot read it ({err}). Close that environment "
+            "(env.close()) before reading the file with OC20LMDBDataset."
+        ) from err
+    warnings.warn(
+        f"{why}; reading it with a slower pure-Python reader. Close that environment "
+        "(env.close()) before creating the dataset for full speed.",
+        stacklevel=4,
+    )
+    return reader
 
 
 # a forked child must not inherit open environments: it could neither use nor reopen them

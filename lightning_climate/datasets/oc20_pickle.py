@@ -9,6 +9,7 @@ Each tensor of such a pickle carries its storage as the bytes of a legacy ``torc
 (``torch.storage._load_from_bytes``, which upstream loads with ``weights_only=False``). We parse
 that small format ourselves (a few tiny pickles that may name only a storage class, then the raw
 little-endian elements): it is safe, about ten times faster than ``torch.load``, and bounds memory.
+Tensors come back as NumPy arrays, which the reader validates before it builds torch tensors once.
 Every tensor must fit in the storage it was pickled with, so an entry cannot declare shapes that
 would materialise more bytes than the entry itself holds.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import math
 import pickle
 import struct
 from collections import OrderedDict
@@ -25,21 +27,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 __all__ = ["UnsafePickleError", "load_oc20_pickle"]
 
 _STORAGE_DTYPES = {
-    "DoubleStorage": torch.float64,
-    "FloatStorage": torch.float32,
-    "HalfStorage": torch.float16,
-    "BFloat16Storage": torch.bfloat16,
-    "LongStorage": torch.int64,
-    "IntStorage": torch.int32,
-    "ShortStorage": torch.int16,
-    "CharStorage": torch.int8,
-    "ByteStorage": torch.uint8,
-    "BoolStorage": torch.bool,
+    "DoubleStorage": np.dtype(np.float64),
+    "FloatStorage": np.dtype(np.float32),
+    "HalfStorage": np.dtype(np.float16),
+    "LongStorage": np.dtype(np.int64),
+    "IntStorage": np.dtype(np.int32),
+    "ShortStorage": np.dtype(np.int16),
+    "CharStorage": np.dtype(np.int8),
+    "ByteStorage": np.dtype(np.uint8),
+    "BoolStorage": np.dtype(np.bool_),
 }
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
@@ -51,7 +51,7 @@ class UnsafePickleError(pickle.UnpicklingError):
 class _StorageClass:
     """Stands for ``torch.<X>Storage`` inside a storage file: only its dtype is needed."""
 
-    def __init__(self, dtype: torch.dtype) -> None:
+    def __init__(self, dtype: np.dtype[Any]) -> None:
         self.dtype = dtype
 
 
@@ -72,8 +72,8 @@ class _StorageHeaderUnpickler(pickle.Unpickler):
         return kind.dtype, numel
 
 
-def _storage_from_bytes(data: bytes) -> Tensor:
-    """The flat tensor of one legacy ``torch.save`` storage file (replaces ``_load_from_bytes``).
+def _storage_from_bytes(data: bytes) -> np.ndarray:
+    """The flat array of one legacy ``torch.save`` storage file (replaces ``_load_from_bytes``).
 
     Layout: pickles of the magic number, the protocol version and a system-info dict, then of the
     storage (a persistent id naming its class and element count), then of the key list; then, per
@@ -93,40 +93,47 @@ def _storage_from_bytes(data: bytes) -> Tensor:
         raise pickle.UnpicklingError("a tensor storage file must hold exactly one storage")
     start = stream.tell()
     (stored,) = struct.unpack_from("<q", data, start)
-    itemsize = dtype.itemsize
-    stop = start + 8 + numel * itemsize
-    if stored != numel or stop > len(data):
+    if stored != numel or start + 8 + numel * dtype.itemsize > len(data):
         raise pickle.UnpicklingError(
             f"a tensor storage announces {numel} elements but holds {len(data) - start - 8} bytes"
         )
-    if numel == 0:
-        return torch.empty(0, dtype=dtype)
-    return torch.frombuffer(bytearray(data[start + 8 : stop]), dtype=dtype)
+    # a copy: aligned, writable, and independent of the pickle's buffer
+    return np.frombuffer(data, dtype=dtype, count=numel, offset=start + 8).copy()
 
 
 def _rebuild_tensor(
-    storage: Tensor,
+    storage: np.ndarray,
     offset: int,
     size: tuple[int, ...],
     stride: tuple[int, ...],
     requires_grad: bool = False,
     backward_hooks: Any = None,
     metadata: Any = None,
-) -> Tensor:
-    """A view of ``storage`` (replaces ``torch._utils._rebuild_tensor_v2``), bounded by it."""
-    if not isinstance(storage, Tensor):
+) -> np.ndarray:
+    """The array a pickled tensor views (replaces ``torch._utils._rebuild_tensor_v2``).
+
+    Entries come back as NumPy arrays (the reader validates them in NumPy and builds tensors
+    once). The view must stay inside its storage and hold no more elements than it: a crafted
+    entry cannot declare shapes that materialise more bytes than it stores.
+    """
+    if not isinstance(storage, np.ndarray):
         raise pickle.UnpicklingError("a tensor is rebuilt from something other than a storage")
-    numel = 1
-    for dim in size:
-        numel *= dim
-    # as_strided checks the view stays inside the storage; the count check also refuses
-    # zero-stride views that would materialise more elements than were stored
-    if numel > storage.numel() or min(size, default=0) < 0:
+    size, stride = tuple(size), tuple(stride)
+    if len(stride) != len(size) or min((*size, *stride, offset), default=0) < 0:
+        raise pickle.UnpicklingError(f"a tensor has shape {size}, strides {stride}")
+    numel = math.prod(size)
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True)) if numel else 0
+    if numel > storage.size or (numel and last >= storage.size):
         raise pickle.UnpicklingError(
-            f"a tensor of shape {tuple(size)} is declared over a storage of "
-            f"{storage.numel()} elements"
+            f"a tensor of shape {size} is declared over a storage of {storage.size} elements"
         )
-    return storage.as_strided(tuple(size), tuple(stride), int(offset))
+    contiguous = tuple(math.prod(size[k + 1 :]) for k in range(len(size)))
+    if stride == contiguous or numel == 0:
+        return storage[offset : offset + numel].reshape(size)
+    itemsize = storage.itemsize
+    return np.lib.stride_tricks.as_strided(
+        storage[offset:], shape=size, strides=[s * itemsize for s in stride], writeable=False
+    ).copy()
 
 
 def _numpy_scalar(scalar: Any) -> Any:

@@ -88,11 +88,15 @@ def test_atoms_to_graphs_entries_get_the_official_distances(tmp_path: Path, entr
         assert "edge_distance_vec" not in sample and "nedges" not in sample
 
 
-def test_edge_distance_vec_from_other_positions_is_refused(tmp_path: Path, entries) -> None:
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [(0.1, r"disagrees with pos, cell and cell_offsets \(by 0.1 "), (np.nan, "holds NaN or Inf")],
+)
+def test_bad_edge_distance_vec_is_refused(tmp_path: Path, entries, value, match) -> None:
     data = atoms_to_graphs_data(entries[2])
-    data.edge_distance_vec = data.edge_distance_vec + 0.1
+    data.edge_distance_vec[5, 1] += value
     write_fairchem_lmdb(tmp_path / "bad.lmdb", [data])
-    with pytest.raises(ValueError, match=r"entry 0 of .*bad.lmdb: edge_distance_vec disagrees"):
+    with pytest.raises(ValueError, match=rf"entry 0 of .*bad.lmdb: edge_distance_vec {match}"):
         OC20LMDBDataset(tmp_path / "bad.lmdb", allow_pickle=True)[0]
 
 

@@ -10,20 +10,25 @@ The 3 real OC20 systems of ``tests/data/oc20`` are written ``--copies`` times in
 The peer is what fairchem's ``LmdbDataset`` does per entry, with no checks at all: ``txn.get`` then
 full ``pickle.loads`` of the downloaded layout (its own copy of the ``pickle`` file). ``OC20LMDBDataset`` runs every check (shapes, elements, NaN/Inf, cell,
 size caps, CRC for npz, restricted unpickling). Both go through the same PyG collater in a
-DataLoader (batch 16) with 0, 2 and 4 workers (persistent; the first epoch is a warm-up); epochs of
-every reader are interleaved and the best of ``--repeats`` is kept, so machine load hits all alike.
-``ratio`` is our samples/s over the peer's at the same worker count (>= 0.8 is the target).
+DataLoader (batch 16) with 0, 2 and 4 workers; epochs of every reader are interleaved after a
+warm-up epoch and the best of ``--repeats`` is kept. Throughput is given per wall-clock second and
+per CPU second summed over the main process and its workers; ``ratio per core`` is ours over the
+peer's per CPU second at the same worker count (>= 0.8 is the target). On a machine shared with
+other jobs the wall-clock numbers swing with the load; the per-core numbers do not.
 
-``--scale`` also reads a file several times larger than the reader's memory and reports the peak
-anonymous RSS (``RssAnon``: the mapped file's pages are page cache, not the reader's memory).
+``--scale GB`` also writes the systems into files of about GB gigabytes (npz and pickle), several
+times the reader's memory, reads them once and reports the anonymous RSS before and at its peak
+(``RssAnon``: the mapped file's pages are page cache, not the reader's memory).
 
-Run: ``OMP_NUM_THREADS=1 python benchmarks/oc20_lmdb.py [--copies 400] [--repeats 3] [--scale]``.
+Run: ``OMP_NUM_THREADS=1 python benchmarks/oc20_lmdb.py [--copies 400] [--repeats 3] [--scale 2]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import pickle
+import resource
 import shutil
 import tempfile
 import time
@@ -32,7 +37,6 @@ from typing import Any
 
 import lmdb
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, Dataset
 from torch_geometric.data import Data
 from torch_geometric.loader.dataloader import Collater
@@ -41,6 +45,7 @@ from lightning_climate.datasets import OC20LMDBDataset, write_oc20_lmdb
 from lightning_climate.datasets.oc20 import read_npz_batch
 
 SAMPLE = Path(__file__).parents[1] / "tests" / "data" / "oc20" / "is2re_bs3.npz"
+LAYOUTS = ("npz", "pickle", "atoms_to_graphs")
 
 
 class PlainPickleReader(Dataset[Data]):
@@ -66,53 +71,21 @@ class PlainPickleReader(Dataset[Data]):
             return pickle.loads(txn.get(str(index).encode("ascii")))
 
 
-def _atoms_to_graphs(entry: dict[str, np.ndarray]) -> Data:
-    """An entry with the fields and dtypes of fairchem ``AtomsToGraphs`` defaults."""
-    pos = torch.from_numpy(entry["pos"])
-    cell = torch.from_numpy(entry["cell"]).view(1, 3, 3)
-    edge_index = torch.from_numpy(entry["edge_index"])
-    offsets = torch.from_numpy(entry["cell_offsets"])
-    row, col = edge_index
-    return Data(
-        cell=cell,
-        pos=pos,
-        atomic_numbers=torch.from_numpy(entry["atomic_numbers"]).to(torch.uint8),
-        natoms=len(pos),
-        tags=torch.from_numpy(entry["tags"]).to(torch.int32),
-        fixed=torch.from_numpy(entry["fixed"]).to(torch.int32),
-        sid=int(entry["sid"]),
-        y_init=np.float64(entry["y_init"]),
-        y_relaxed=np.float64(entry["y_relaxed"]),
-        edge_index=edge_index,
-        cell_offsets=offsets,
-        edge_distance_vec=pos[row] - pos[col] + offsets.float() @ cell[0],
-        nedges=edge_index.shape[1],
-    )
-
-
-def _write_pickles(path: Path, items: list[Data]) -> None:
-    env = lmdb.open(str(path), subdir=False, map_size=1 << 34, lock=False, meminit=False)
-    with env.begin(write=True) as txn:
-        for i, item in enumerate(items):
-            txn.put(str(i).encode("ascii"), pickle.dumps(item, protocol=-1))
-        txn.put(b"length", pickle.dumps(len(items), protocol=-1))
-    env.close()
-
-
 def _loader(dataset: Dataset[Any], workers: int) -> DataLoader[Any]:
-    return DataLoader(
-        dataset,
-        batch_size=16,
-        num_workers=workers,
-        collate_fn=Collater(None),
-        persistent_workers=workers > 0,
-    )
+    return DataLoader(dataset, batch_size=16, num_workers=workers, collate_fn=Collater(None))
 
 
-def _epoch(loader: DataLoader[Any]) -> float:
-    start = time.perf_counter()
-    count = sum(int(batch.num_graphs) for batch in loader)
-    return count / (time.perf_counter() - start)
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its reaped children (the finished DataLoader workers)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def _epoch(loader: DataLoader[Any]) -> tuple[float, float]:
+    """Samples per wall-clock second and per CPU second (all processes) of one epoch."""
+    wall, cpu = time.perf_counter(), _cpu_seconds()
+    count = sum(int(batch.num_graphs) for batch in loader)  # the workers exit at the end
+    return count / (time.perf_counter() - wall), count / (_cpu_seconds() - cpu)
 
 
 def _rss_anon_mb() -> float:
@@ -125,56 +98,65 @@ def _rss_anon_mb() -> float:
 def throughput(root: Path, copies: int, repeats: int) -> None:
     """Print samples/s of ours and of the peer for each layout and worker count."""
     entries = read_npz_batch(SAMPLE) * copies
-    write_oc20_lmdb(root / "npz.lmdb", entries, format="npz")
-    write_oc20_lmdb(root / "pickle.lmdb", entries, format="pickle")
+    for layout in LAYOUTS:
+        write_oc20_lmdb(root / f"{layout}.lmdb", entries, format=layout)
     shutil.copy(root / "pickle.lmdb", root / "peer.lmdb")
-    _write_pickles(root / "atoms_to_graphs.lmdb", [_atoms_to_graphs(e) for e in entries])
     print(f"{len(entries)} real OC20 systems per epoch; best of {repeats} interleaved epochs")
-    print("| layout | workers | MB | ours (samples/s) | peer (samples/s) | ratio |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| layout | workers | MB | ours (samples/s) | peer (samples/s) | ours (samples/CPU-s) "
+        "| peer (samples/CPU-s) | ratio per core |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    datasets: dict[str, Dataset[Any]] = {"peer": PlainPickleReader(root / "peer.lmdb")}
+    for layout in LAYOUTS:
+        datasets[layout] = OC20LMDBDataset(root / f"{layout}.lmdb", allow_pickle=layout != "npz")
     for workers in (0, 2, 4):
-        loaders = {"peer": _loader(PlainPickleReader(root / "peer.lmdb"), workers)}
-        for layout in ("npz", "pickle", "atoms_to_graphs"):
-            dataset = OC20LMDBDataset(root / f"{layout}.lmdb", allow_pickle=layout != "npz")
-            loaders[layout] = _loader(dataset, workers)
-        best = dict.fromkeys(loaders, 0.0)
+        loaders = {name: _loader(dataset, workers) for name, dataset in datasets.items()}
         for loader in loaders.values():
-            _epoch(loader)  # warm-up: workers start, pages are mapped
+            _epoch(loader)  # warm-up: pages are mapped, caches filled
+        wall, cpu = dict.fromkeys(loaders, 0.0), dict.fromkeys(loaders, 0.0)
         for _ in range(repeats):
             for name, loader in loaders.items():
-                best[name] = max(best[name], _epoch(loader))
-        for layout in ("npz", "pickle", "atoms_to_graphs"):
+                rate, per_cpu = _epoch(loader)
+                wall[name], cpu[name] = max(wall[name], rate), max(cpu[name], per_cpu)
+        for layout in LAYOUTS:
             size = (root / f"{layout}.lmdb").stat().st_size / 1e6
-            ratio = best[layout] / best["peer"]
             print(
-                f"| {layout} | {workers} | {size:.0f} | {best[layout]:.0f} | {best['peer']:.0f} "
-                f"| {ratio:.2f} |"
+                f"| {layout} | {workers} | {size:.0f} | {wall[layout]:.0f} | {wall['peer']:.0f} "
+                f"| {cpu[layout]:.0f} | {cpu['peer']:.0f} | {cpu[layout] / cpu['peer']:.2f} |"
             )
-        del loaders
 
 
 def scale(root: Path, gigabytes: float) -> None:
-    """Read a file several times the reader's memory; print throughput and peak RssAnon."""
+    """Read files several times the reader's memory; print throughput and RssAnon growth."""
     entries = read_npz_batch(SAMPLE)
-    per_entry = 40_000  # about the mean npz entry of the three systems
-    count = int(gigabytes * 1e9 / per_entry)
-    path = root / "large.lmdb"
-    write_oc20_lmdb(path, (entries[i % 3] for i in range(count)), format="npz")
-    size = path.stat().st_size / 1e6
-    dataset = OC20LMDBDataset(path)
-    before = _rss_anon_mb()
-    peak = before
-    start = time.perf_counter()
-    for i in range(len(dataset)):
-        dataset[i]
-        if i % 1000 == 0:
-            peak = max(peak, _rss_anon_mb())
-    rate = len(dataset) / (time.perf_counter() - start)
-    print(
-        f"large file: {size:.0f} MB, {len(dataset)} entries, {rate:.0f} samples/s (0 workers); "
-        f"reader RssAnon {before:.0f} MB before, peak {peak:.0f} MB "
-        f"(file / peak = {size / peak:.1f})"
-    )
+    sizes = []
+    for entry in entries:
+        buffer = io.BytesIO()
+        np.savez(buffer, **entry)
+        sizes.append(len(buffer.getvalue()))
+    count = int(gigabytes * 1e9 / np.mean(sizes))
+    for layout in ("npz", "pickle"):
+        stream = (entries[i % 3] for i in range(count))
+        write_oc20_lmdb(root / f"large_{layout}.lmdb", stream, format=layout)
+    readers = {
+        "peer (pickle)": PlainPickleReader(root / "large_pickle.lmdb"),
+        "ours (npz)": OC20LMDBDataset(root / "large_npz.lmdb"),
+        "ours (pickle)": OC20LMDBDataset(root / "large_pickle.lmdb", allow_pickle=True),
+    }
+    print("| reader (0 workers) | file (MB) | samples/s | RssAnon before (MB) | peak (MB) |")
+    print("|---|---|---|---|---|")
+    for name, reader in readers.items():
+        path = root / ("large_npz.lmdb" if "npz" in name else "large_pickle.lmdb")
+        before = peak = _rss_anon_mb()
+        start = time.perf_counter()
+        for i in range(len(reader)):
+            reader[i]
+            if i % 500 == 0:
+                peak = max(peak, _rss_anon_mb())
+        rate = len(reader) / (time.perf_counter() - start)
+        size = path.stat().st_size / 1e6
+        print(f"| {name} | {size:.0f} | {rate:.0f} | {before:.0f} | {peak:.0f} |")
 
 
 def main() -> None:

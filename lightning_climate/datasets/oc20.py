@@ -35,8 +35,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
-from torch import Tensor
 from torch.utils.data import Dataset
 from torch_geometric.data import Data
 from tqdm import tqdm
@@ -46,12 +44,14 @@ from lightning_climate.datasets.oc20_entry import (
     DEFAULT_MAX_ENTRY_BYTES,
     FIELD_ALIASES,
     OC20Data,
+    as_numpy,
     entry_to_data,
     finite_scalar,
 )
 from lightning_climate.datasets.oc20_env import open_env
 from lightning_climate.datasets.oc20_npz import NPZ_MAGIC, EntryTooLargeError, decode_npz
 from lightning_climate.datasets.oc20_pickle import load_oc20_pickle
+from lightning_climate.datasets.oc20_upstream import to_atoms_to_graphs_data, to_is2re_data
 from lightning_climate.utils import atomic_path, lazy_import
 
 __all__ = [
@@ -64,8 +64,6 @@ __all__ = [
     "write_oc20_lmdb",
 ]
 
-_PER_GRAPH_FLOAT = ("y_init", "y_relaxed", "energy", "y")
-_PER_GRAPH_INT = ("natoms", "sid", "fid", "nedges")
 _FORMAT_KEY = b"__lightning_climate_format__"
 _FORMAT = b"oc20-npz-v1"
 _LENGTH_KEY = b"length"
@@ -234,31 +232,10 @@ def _length(env: Any, path: Path) -> int:
     return entries - (fmt is not None)
 
 
-def _as_array(value: Any) -> np.ndarray:
-    if isinstance(value, Tensor):
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
-
-
-def _to_pickle_entry(entry: Mapping[str, Any]) -> Data:
-    """Build the PyG ``Data`` an upstream OC20 LMDB stores (float atomic numbers and ``fixed``)."""
-    fields: dict[str, Any] = {}
-    for key, value in entry.items():
-        if key in _PER_GRAPH_INT:
-            fields[key] = int(_as_array(value).reshape(-1)[0])
-        elif key in _PER_GRAPH_FLOAT:
-            fields[key] = float(_as_array(value).reshape(-1)[0])
-        elif key in ("atomic_numbers", "fixed"):
-            fields[key] = torch.from_numpy(_as_array(value).astype(np.float32))
-        else:
-            fields[key] = torch.from_numpy(np.ascontiguousarray(_as_array(value)))
-    return Data(**fields)
-
-
 def write_oc20_lmdb(
     path: str | os.PathLike[str],
     entries: Iterable[Mapping[str, Any]],
-    format: Literal["npz", "pickle"] = "npz",
+    format: Literal["npz", "pickle", "atoms_to_graphs"] = "npz",
     progress: bool = False,
 ) -> int:
     """Write OC20 entries (dicts of arrays) to one LMDB file, atomically.
@@ -266,15 +243,18 @@ def write_oc20_lmdb(
     Args:
         path: destination ``.lmdb`` file; it appears only once complete.
         entries: one mapping per system with at least ``pos``, ``atomic_numbers`` and ``cell``.
-        format: ``"npz"`` (ours, pickle-free) or ``"pickle"`` (the upstream layout: pickled PyG
-            ``Data`` with a pickled ``length`` key, readable by fairchem).
+        format: ``"npz"`` (ours, pickle-free), ``"pickle"`` (the downloaded IS2RE layout) or
+            ``"atoms_to_graphs"`` (fairchem's current ``AtomsToGraphs`` defaults); the last two
+            are pickled PyG ``Data`` with a pickled ``length`` key, readable by fairchem
+            (:mod:`.oc20_upstream`).
         progress: show a tqdm bar.
 
     Returns:
         The number of entries written.
     """
-    if format not in ("npz", "pickle"):
-        raise ValueError(f"format must be 'npz' or 'pickle', got {format!r}.")
+    builders = {"pickle": to_is2re_data, "atoms_to_graphs": to_atoms_to_graphs_data}
+    if format != "npz" and format not in builders:
+        raise ValueError(f"format must be 'npz', 'pickle' or 'atoms_to_graphs', got {format!r}.")
     lmdb = lazy_import("lmdb")
     count = 0
     with atomic_path(path) as tmp:
@@ -284,10 +264,10 @@ def write_oc20_lmdb(
                 for entry in tqdm(entries, desc=f"writing {Path(path).name}", disable=not progress):
                     if format == "npz":
                         buffer = io.BytesIO()
-                        np.savez(buffer, **{k: _as_array(v) for k, v in entry.items()})
+                        np.savez(buffer, **{k: as_numpy(v) for k, v in entry.items()})
                         payload = buffer.getvalue()
                     else:
-                        payload = pickle.dumps(_to_pickle_entry(entry), protocol=-1)
+                        payload = pickle.dumps(builders[format](entry), protocol=-1)
                     txn.put(str(count).encode("ascii"), payload)
                     count += 1
                 if format == "npz":

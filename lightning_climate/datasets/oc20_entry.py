@@ -40,6 +40,7 @@ __all__ = [
     "DEFAULT_MAX_ENTRY_BYTES",
     "FIELD_ALIASES",
     "OC20Data",
+    "as_numpy",
     "entry_to_data",
     "finite_scalar",
 ]
@@ -73,7 +74,8 @@ class OC20Data(Data):
         return super().__inc__(key, value, *args, **kwargs)
 
 
-def _numpy(value: Any) -> np.ndarray:
+def as_numpy(value: Any) -> np.ndarray:
+    """A tensor, array or number as a NumPy array (half precision widened to float32)."""
     if isinstance(value, Tensor):
         value = value.detach().cpu()
         if value.dtype in (torch.bfloat16, torch.float16):
@@ -102,7 +104,7 @@ def _finite(array: np.ndarray, name: str, where: str) -> None:
 
 def finite_scalar(value: Any, name: str, where: str) -> float:
     """A per-graph number (Python, numpy or a one-element tensor) as a finite float."""
-    array = _numpy(value).reshape(-1)
+    array = as_numpy(value).reshape(-1)
     if array.size != 1 or array.dtype.kind not in "biuf":
         raise _fail(where, f"{name} should be one number, got {array.size} values of {array.dtype}")
     result = float(array[0])
@@ -154,7 +156,7 @@ def _edges(
 ) -> dict[str, Tensor]:
     """Checked ``edge_index``, ``cell_offsets`` and ``distances`` (computed if not stored)."""
     n = pos.shape[0]
-    edge_index = _integers(_numpy(fields["edge_index"]), "edge_index", where)
+    edge_index = _integers(as_numpy(fields["edge_index"]), "edge_index", where)
     if edge_index.ndim != 2 or edge_index.shape[0] != 2:
         raise _fail(where, f"edge_index has shape {edge_index.shape}, not (2, E)")
     num_edges = edge_index.shape[1]
@@ -164,12 +166,12 @@ def _edges(
             "has edge_index but not cell_offsets; store both (fairchem AtomsToGraphs does) or "
             "neither (the graph is then built with RadiusGraphPBC)",
         )
-    offsets = _integers(_numpy(fields["cell_offsets"]), "cell_offsets", where)
+    offsets = _integers(as_numpy(fields["cell_offsets"]), "cell_offsets", where)
     if offsets.shape != (num_edges, 3):
         raise _fail(
             where, f"edge_index (2, {num_edges}) and cell_offsets {offsets.shape} disagree in shape"
         )
-    if "nedges" in fields and int(_numpy(fields["nedges"]).reshape(-1)[0]) != num_edges:
+    if "nedges" in fields and int(as_numpy(fields["nedges"]).reshape(-1)[0]) != num_edges:
         raise _fail(where, f"nedges is {fields['nedges']} but edge_index has {num_edges} edges")
     if num_edges and (edge_index.min() < 0 or edge_index.max() >= n):
         raise _fail(where, f"edge_index refers to atoms outside 0..{n - 1}")
@@ -179,7 +181,7 @@ def _edges(
     }
     stored_vec = fields.get("edge_distance_vec")
     if "distances" in fields:
-        distances = _numpy(fields["distances"]).astype(np.float32, copy=False).reshape(-1)
+        distances = as_numpy(fields["distances"]).astype(np.float32, copy=False).reshape(-1)
         if distances.size != num_edges:
             raise _fail(
                 where, f"edge_index has {num_edges} edges but distances has {distances.size}"
@@ -194,7 +196,7 @@ def _edges(
         if "distances" not in fields:
             distances = np.sqrt(np.einsum("ij,ij->i", vec, vec))
         if stored_vec is not None:
-            stored = _numpy(stored_vec)
+            stored = as_numpy(stored_vec)
             if stored.shape != (num_edges, 3):
                 raise _fail(where, f"edge_distance_vec has shape {stored.shape}, not (E, 3)")
             error = np.subtract(stored, vec, dtype=np.float32)
@@ -242,7 +244,7 @@ def entry_to_data(
             f"{where} lacks the field(s) {missing} (it has {sorted(fields)}). Regenerate the "
             "file with these fields, or choose a task/target that does not need them."
         )
-    pos = _numpy(fields["pos"])
+    pos = as_numpy(fields["pos"])
     if pos.ndim != 2 or pos.shape[1] != 3 or pos.dtype.kind != "f":
         raise _fail(where, f"pos has shape {pos.shape} and dtype {pos.dtype}, not (N, 3) floats")
     n = pos.shape[0]
@@ -253,13 +255,13 @@ def entry_to_data(
         )
     pos = pos.astype(np.float32, copy=False)
     _finite(pos, "pos", where)
-    z = _atomic_numbers(_numpy(fields["atomic_numbers"]), n, where)
-    cell = _numpy(fields["cell"]).astype(np.float32, copy=False)
+    z = _atomic_numbers(as_numpy(fields["atomic_numbers"]), n, where)
+    cell = as_numpy(fields["cell"]).astype(np.float32, copy=False)
     if cell.size < 9 or cell.size % 9:
         raise _fail(where, f"cell has shape {cell.shape}, not (1, 3, 3)")
     cell = cell.reshape(-1, 3, 3)[:1]
     _finite(cell, "cell", where)
-    if "natoms" in fields and int(_numpy(fields["natoms"]).reshape(-1)[0]) != n:
+    if "natoms" in fields and int(as_numpy(fields["natoms"]).reshape(-1)[0]) != n:
         raise _fail(where, f"natoms is {fields['natoms']} but pos has {n} rows")
     cell64 = cell[0].astype(np.float64)
     if abs(np.linalg.det(cell64)) < 1e-6:
@@ -284,14 +286,14 @@ def entry_to_data(
         "index": torch.tensor([index]),
     }
     if "tags" in fields:
-        tags = _rows(_numpy(fields["tags"]), n, "tags", where)
+        tags = _rows(as_numpy(fields["tags"]), n, "tags", where)
         out["tags"] = torch.from_numpy(_integers(tags, "tags", where).reshape(-1))
     if "fixed" in fields:
-        fixed = _rows(_numpy(fields["fixed"]), n, "fixed", where).reshape(-1)
+        fixed = _rows(as_numpy(fields["fixed"]), n, "fixed", where).reshape(-1)
         out["fixed"] = torch.from_numpy(fixed != 0)
     for key in ("force", "pos_relaxed"):
         if key in fields:
-            value = _rows(_numpy(fields[key]), n, key, where).astype(np.float32, copy=False)
+            value = _rows(as_numpy(fields[key]), n, key, where).astype(np.float32, copy=False)
             if value.shape != (n, 3):
                 raise _fail(where, f"{key} has shape {value.shape}, not ({n}, 3)")
             _finite(value, key, where)
@@ -301,7 +303,7 @@ def entry_to_data(
             out[key] = torch.tensor([finite_scalar(fields[key], key, where)], dtype=torch.float32)
     for key in _PER_GRAPH_ID:
         if key in fields:
-            value = _numpy(fields[key])
+            value = as_numpy(fields[key])
             if value.dtype.kind == "U":  # AtomsToGraphs(sid=...) accepts any identifier
                 out[key] = str(value.reshape(-1)[0])
             else:

@@ -1,22 +1,20 @@
-"""OC20 LMDBs as fairchem's current preprocessing writes them, built by our own writers here."""
+"""OC20 LMDBs as fairchem's current preprocessing writes them (``format="atoms_to_graphs"``)."""
 
 from __future__ import annotations
 
-import pickle
-from collections.abc import Sequence
 from pathlib import Path
 
 import lmdb
 import numpy as np
 import pytest
 import torch
-from torch_geometric.data import Data
 
 from lightning_climate.datamodules import OC20DataModule
 from lightning_climate.datasets import OC20LMDBDataset, write_oc20_lmdb
 from lightning_climate.datasets.oc20 import read_npz_batch
 
 SAMPLE = Path(__file__).parents[1] / "data" / "oc20" / "is2re_bs3.npz"
+EDGE_FIELDS = ("edge_index", "cell_offsets", "distances")
 
 
 @pytest.fixture(scope="module")
@@ -24,57 +22,25 @@ def entries() -> list[dict[str, np.ndarray]]:
     return read_npz_batch(SAMPLE)
 
 
-def atoms_to_graphs_data(entry: dict[str, np.ndarray], edges: bool = True) -> Data:
-    """A PyG 2 ``Data`` with the fields and dtypes of fairchem ``AtomsToGraphs`` defaults.
-
-    ``r_edges=True`` stores ``edge_index``, ``cell_offsets``, ``edge_distance_vec`` (float32
-    arithmetic, as upstream) and ``nedges``, but ``r_distances=False`` stores no distances; atomic
-    numbers are uint8, tags and ``fixed`` int32, energies numpy float64 scalars (S2EF's
-    ``r_energy``/``r_forces`` add ``energy`` and ``forces``).
-    """
-    pos = torch.from_numpy(entry["pos"]).float()
-    cell = torch.from_numpy(entry["cell"]).view(1, 3, 3).float()
-    data = Data(
-        cell=cell,
-        pos=pos,
-        atomic_numbers=torch.from_numpy(entry["atomic_numbers"]).to(torch.uint8),
-        natoms=len(pos),
-        tags=torch.from_numpy(entry["tags"]).to(torch.int32),
-        fixed=torch.from_numpy(entry["fixed"]).to(torch.int32),
-        sid=int(entry["sid"]),
-        energy=np.float64(entry["y_relaxed"]),
-        forces=torch.from_numpy(entry["force"]).float(),
-    )
-    if edges:
-        edge_index = torch.from_numpy(entry["edge_index"])
-        offsets = torch.from_numpy(entry["cell_offsets"])
-        row, col = edge_index
-        shift = offsets.float().view(-1, 1, 3).bmm(cell.expand(len(offsets), 3, 3)).view(-1, 3)
-        data.edge_index = edge_index
-        data.cell_offsets = offsets
-        data.edge_distance_vec = pos[row] - pos[col] + shift
-        data.nedges = int(edge_index.shape[1])
-    return data
-
-
-def write_fairchem_lmdb(path: Path, items: Sequence[Data]) -> None:
-    """Write pickled ``Data`` the way fairchem's preprocessing does (a ``-lock`` file appears)."""
-    env = lmdb.open(str(path), subdir=False, map_size=1 << 26, meminit=False, map_async=True)
-    with env.begin(write=True) as txn:
-        for i, item in enumerate(items):
-            txn.put(f"{i}".encode("ascii"), pickle.dumps(item, protocol=-1))
-        txn.put(b"length", pickle.dumps(len(items), protocol=-1))
-    env.sync()
-    env.close()
+def s2ef_frame(entry: dict[str, np.ndarray], edges: bool = True) -> dict[str, np.ndarray]:
+    """A frame as fairchem's S2EF preprocessing sees it: ``energy`` and forces, edges optional."""
+    frame = {k: v for k, v in entry.items() if k not in ("y_init", "y_relaxed", "pos_relaxed")}
+    frame["energy"] = entry["y_relaxed"]
+    if not edges:
+        frame = {k: v for k, v in frame.items() if k not in EDGE_FIELDS}
+    return frame
 
 
 def test_atoms_to_graphs_entries_get_the_official_distances(tmp_path: Path, entries) -> None:
-    path = tmp_path / "is2re.lmdb"
-    write_fairchem_lmdb(path, [atoms_to_graphs_data(e) for e in entries])
+    path = tmp_path / "s2ef.lmdb"
+    write_oc20_lmdb(path, [s2ef_frame(e) for e in entries], format="atoms_to_graphs")
     dataset = OC20LMDBDataset(path, allow_pickle=True)
     for i, entry in enumerate(entries):
         sample = dataset[i]
-        assert "distances" not in dataset.raw(i)
+        raw = dataset.raw(i)
+        assert "distances" not in raw and {"edge_distance_vec", "forces", "tags"} <= set(raw)
+        assert raw["atomic_numbers"].dtype == np.uint8 and raw["tags"].dtype == np.int32
+        assert raw["nedges"] == len(entry["distances"]) and isinstance(raw["energy"], np.float64)
         # computed from pos, cell and cell_offsets, equal to the distances OC20 ships
         np.testing.assert_allclose(sample.distances.numpy(), entry["distances"], rtol=0, atol=5e-6)
         assert sample.distances.dtype == torch.float32
@@ -93,9 +59,12 @@ def test_atoms_to_graphs_entries_get_the_official_distances(tmp_path: Path, entr
     [(0.1, r"disagrees with pos, cell and cell_offsets \(by 0.1 "), (np.nan, "holds NaN or Inf")],
 )
 def test_bad_edge_distance_vec_is_refused(tmp_path: Path, entries, value, match) -> None:
-    data = atoms_to_graphs_data(entries[2])
-    data.edge_distance_vec[5, 1] += value
-    write_fairchem_lmdb(tmp_path / "bad.lmdb", [data])
+    frame = s2ef_frame(entries[2])
+    pos, cell, offsets = frame["pos"], frame["cell"].reshape(3, 3), frame["cell_offsets"]
+    j, i = frame["edge_index"]
+    frame["edge_distance_vec"] = pos[j] - pos[i] + offsets @ cell
+    frame["edge_distance_vec"][5, 1] += value
+    write_oc20_lmdb(tmp_path / "bad.lmdb", [frame], format="atoms_to_graphs")
     with pytest.raises(ValueError, match=rf"entry 0 of .*bad.lmdb: edge_distance_vec {match}"):
         OC20LMDBDataset(tmp_path / "bad.lmdb", allow_pickle=True)[0]
 
@@ -103,10 +72,12 @@ def test_bad_edge_distance_vec_is_refused(tmp_path: Path, entries, value, match)
 def test_shard_directory_with_locks_and_logs_without_edges(tmp_path: Path, entries) -> None:
     shards = tmp_path / "s2ef_train_200k"
     shards.mkdir()
-    frames = [atoms_to_graphs_data(e, edges=False) for e in entries]
-    frames[1].sid = "random1302564"  # AtomsToGraphs accepts any identifier
-    write_fairchem_lmdb(shards / "data.0000.lmdb", frames[:2])
-    write_fairchem_lmdb(shards / "data.0001.lmdb", frames[2:])
+    frames = [s2ef_frame(e, edges=False) for e in entries]
+    frames[1]["sid"] = np.asarray("random1302564")  # AtomsToGraphs accepts any identifier
+    write_oc20_lmdb(shards / "data.0000.lmdb", frames[:2], format="atoms_to_graphs")
+    write_oc20_lmdb(shards / "data.0001.lmdb", frames[2:], format="atoms_to_graphs")
+    for shard in ("data.0000.lmdb", "data.0001.lmdb"):  # the writer's lock files stay behind
+        lmdb.open(str(shards / shard), subdir=False, readonly=True).close()
     (shards / "data_log.0000.txt").write_text("random1302564,frame0,-0.5\n")
     names = sorted(p.name for p in shards.iterdir())
     assert "data.0000.lmdb-lock" in names and "data_log.0000.txt" in names
@@ -138,9 +109,9 @@ def test_shard_directory_with_locks_and_logs_without_edges(tmp_path: Path, entri
 def test_nan_energy_is_an_error_naming_the_entry_not_a_nan_statistic(
     tmp_path: Path, entries
 ) -> None:
-    frames = [atoms_to_graphs_data(e) for e in entries]
-    frames[1].energy = np.float64("nan")
-    write_fairchem_lmdb(tmp_path / "data.lmdb", frames)
+    frames = [s2ef_frame(e) for e in entries]
+    frames[1]["energy"] = np.float64("nan")
+    write_oc20_lmdb(tmp_path / "data.lmdb", frames, format="atoms_to_graphs")
     dataset = OC20LMDBDataset(tmp_path / "data.lmdb", allow_pickle=True)
     assert dataset.target(0, "energy") == pytest.approx(float(entries[0]["y_relaxed"]))
     with pytest.raises(ValueError, match=r"entry 1 of .*data.lmdb: energy is nan"):

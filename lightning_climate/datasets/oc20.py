@@ -90,16 +90,20 @@ def _decode(
         )
     try:
         obj = load_oc20_pickle(payload)
-    except (pickle.UnpicklingError, EOFError, ValueError, RuntimeError, TypeError) as err:
+        if not isinstance(obj, Data):
+            raise TypeError(f"it holds a {type(obj).__name__}, not a PyG Data object")
+        # PyG 1.x pickles restore their fields straight into __dict__, without a `_store`.
+        fields = obj.__dict__ if "_store" not in obj.__dict__ else obj.to_dict()
+        return {
+            k: v
+            for k, v in fields.items()
+            if isinstance(k, str) and v is not None and not k.startswith("_")
+        }
+    except Exception as err:  # a damaged pickle can fail in many ways; all name the entry
         raise RuntimeError(
             f"{where} cannot be unpickled ({type(err).__name__}: {err}); the file is corrupted, "
             "truncated or not an OC20 LMDB. Download it again."
         ) from err
-    if not isinstance(obj, Data):
-        raise TypeError(f"{where} holds a {type(obj).__name__}, not a PyG Data object.")
-    # PyG 1.x pickles restore their fields straight into __dict__, without a `_store`.
-    fields = obj.__dict__ if "_store" not in obj.__dict__ else obj.to_dict()
-    return {k: v for k, v in fields.items() if v is not None and not k.startswith("_")}
 
 
 class OC20LMDBDataset(Dataset[OC20Data]):

@@ -244,6 +244,19 @@ def entry_to_data(
             f"{where} lacks the field(s) {missing} (it has {sorted(fields)}). Regenerate the "
             "file with these fields, or choose a task/target that does not need them."
         )
+    try:
+        return _validated(fields, index, where, check_cell, max_atoms)
+    except (TypeError, AttributeError, IndexError, OverflowError) as err:
+        # a field of the wrong kind (a damaged pickle can hold anything): still name the entry
+        raise ValueError(
+            f"{where}: a field has an unexpected type or shape ({type(err).__name__}: {err}); "
+            "the entry is damaged. Rebuild it or download the file again."
+        ) from err
+
+
+def _validated(
+    fields: Mapping[str, Any], index: int, where: str, check_cell: bool, max_atoms: int
+) -> OC20Data:
     pos = as_numpy(fields["pos"])
     if pos.ndim != 2 or pos.shape[1] != 3 or pos.dtype.kind != "f":
         raise _fail(where, f"pos has shape {pos.shape} and dtype {pos.dtype}, not (N, 3) floats")

@@ -169,3 +169,31 @@ def test_atom_and_size_caps_name_their_override(tmp_path: Path, entry) -> None:
         OC20LMDBDataset(tmp_path / "data.lmdb", max_entry_bytes=1000)[0]
     with pytest.raises(ValueError, match="max_atoms must be a positive integer"):
         OC20LMDBDataset(tmp_path / "data.lmdb", max_atoms=0)
+
+
+@pytest.mark.parametrize("layout", ["npz", "pickle"])
+def test_random_flipped_bytes_fail_naming_the_entry_or_read_the_same(
+    tmp_path: Path, entry, layout: str
+) -> None:
+    write_oc20_lmdb(tmp_path / "good.lmdb", [entry], format=layout)
+    env = lmdb.open(str(tmp_path / "good.lmdb"), subdir=False, readonly=True, lock=False)
+    with env.begin() as txn:
+        payload = txn.get(b"0")
+    env.close()
+    reference = OC20LMDBDataset(tmp_path / "good.lmdb", allow_pickle=True)[0]
+    rng = np.random.default_rng(0)
+    failures = 0
+    for trial, where in enumerate(rng.integers(0, len(payload), size=40)):
+        damaged = bytearray(payload)
+        damaged[where] ^= 1 << int(rng.integers(0, 8))
+        _write_values(tmp_path / f"flip{trial}.lmdb", [bytes(damaged)])
+        try:
+            sample = OC20LMDBDataset(tmp_path / f"flip{trial}.lmdb", allow_pickle=True)[0]
+        except (RuntimeError, ValueError, KeyError, TypeError) as err:
+            assert f"entry 0 of {tmp_path / f'flip{trial}.lmdb'}" in str(err)
+            failures += 1
+            continue
+        if layout == "npz":  # bytes the CRC does not cover are ZIP metadata we do not use
+            for key in ("pos", "edge_index", "force", "distances", "y_relaxed"):
+                assert torch.equal(sample[key], reference[key])
+    assert failures >= (30 if layout == "npz" else 1)

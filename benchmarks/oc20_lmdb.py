@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import multiprocessing
 import pickle
 import resource
 import shutil
@@ -127,36 +128,54 @@ def throughput(root: Path, copies: int, repeats: int) -> None:
             )
 
 
-def scale(root: Path, gigabytes: float) -> None:
-    """Read files several times the reader's memory; print throughput and RssAnon growth."""
+def _write_large(root: Path, count: int) -> None:
     entries = read_npz_batch(SAMPLE)
-    sizes = []
-    for entry in entries:
-        buffer = io.BytesIO()
-        np.savez(buffer, **entry)
-        sizes.append(len(buffer.getvalue()))
-    count = int(gigabytes * 1e9 / np.mean(sizes))
     for layout in ("npz", "pickle"):
         stream = (entries[i % 3] for i in range(count))
         write_oc20_lmdb(root / f"large_{layout}.lmdb", stream, format=layout)
-    readers = {
-        "peer (pickle)": PlainPickleReader(root / "large_pickle.lmdb"),
-        "ours (npz)": OC20LMDBDataset(root / "large_npz.lmdb"),
-        "ours (pickle)": OC20LMDBDataset(root / "large_pickle.lmdb", allow_pickle=True),
-    }
-    print("| reader (0 workers) | file (MB) | samples/s | RssAnon before (MB) | peak (MB) |")
+    shutil.copy(root / "large_pickle.lmdb", root / "large_peer.lmdb")
+
+
+def _read_all(name: str, path: Path, results: Any) -> None:
+    before = peak = _rss_anon_mb()
+    reader = PlainPickleReader(path) if name == "peer" else OC20LMDBDataset(path, allow_pickle=True)
+    start = time.perf_counter()
+    for i in range(len(reader)):
+        reader[i]
+        if i % 500 == 0:
+            peak = max(peak, _rss_anon_mb())
+    results.put((name, len(reader) / (time.perf_counter() - start), before, peak))
+
+
+def scale(root: Path, gigabytes: float) -> None:
+    """Read files several times the reader's memory; print throughput and RssAnon growth.
+
+    The files are written, and each reader runs, in a fresh forked process, so no reader inherits
+    another's (or the writer's) heap.
+    """
+    sizes = []
+    for entry in read_npz_batch(SAMPLE):
+        buffer = io.BytesIO()
+        np.savez(buffer, **entry)
+        sizes.append(len(buffer.getvalue()))
+    context = multiprocessing.get_context("fork")
+    writer = context.Process(
+        target=_write_large, args=(root, int(gigabytes * 1e9 / np.mean(sizes)))
+    )
+    writer.start()
+    writer.join()
+    results = context.Queue()
+    print("| reader (0 workers) | file (MB) | samples/s | RssAnon at start (MB) | peak (MB) |")
     print("|---|---|---|---|---|")
-    for name, reader in readers.items():
-        path = root / ("large_npz.lmdb" if "npz" in name else "large_pickle.lmdb")
-        before = peak = _rss_anon_mb()
-        start = time.perf_counter()
-        for i in range(len(reader)):
-            reader[i]
-            if i % 500 == 0:
-                peak = max(peak, _rss_anon_mb())
-        rate = len(reader) / (time.perf_counter() - start)
+    for name, layout in (("peer", "peer"), ("ours", "npz"), ("ours", "pickle")):
+        path = root / f"large_{layout}.lmdb"
+        process = context.Process(target=_read_all, args=(name, path, results))
+        process.start()
+        _, rate, before, peak = results.get()
+        process.join()
         size = path.stat().st_size / 1e6
-        print(f"| {name} | {size:.0f} | {rate:.0f} | {before:.0f} | {peak:.0f} |")
+        label = "peer (pickle)" if name == "peer" else f"ours ({layout})"
+        print(f"| {label} | {size:.0f} | {rate:.0f} | {before:.0f} | {peak:.0f} |")
 
 
 def main() -> None:

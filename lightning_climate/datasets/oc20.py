@@ -67,6 +67,9 @@ __all__ = [
 _FORMAT_KEY = b"__lightning_climate_format__"
 _FORMAT = b"oc20-npz-v1"
 _LENGTH_KEY = b"length"
+# commit the writer's transaction every so many bytes: LMDB holds a transaction's pages in memory,
+# so one transaction for a whole converted split would need its size in RAM
+_COMMIT_BYTES = 64 * 2**20
 
 
 def _decode(
@@ -262,23 +265,27 @@ def write_oc20_lmdb(
     lmdb = lazy_import("lmdb")
     count = 0
     with atomic_path(path) as tmp:
-        env = lmdb.open(str(tmp), subdir=False, map_size=1 << 36, lock=False, meminit=False)
+        env = lmdb.open(str(tmp), subdir=False, map_size=1 << 40, lock=False, meminit=False)
         try:
-            with env.begin(write=True) as txn:
-                for entry in tqdm(entries, desc=f"writing {Path(path).name}", disable=not progress):
-                    if format == "npz":
-                        buffer = io.BytesIO()
-                        np.savez(buffer, **{k: as_numpy(v) for k, v in entry.items()})
-                        payload = buffer.getvalue()
-                    else:
-                        payload = pickle.dumps(builders[format](entry), protocol=-1)
-                    txn.put(str(count).encode("ascii"), payload)
-                    count += 1
+            txn, pending = env.begin(write=True), 0
+            for entry in tqdm(entries, desc=f"writing {Path(path).name}", disable=not progress):
                 if format == "npz":
-                    txn.put(_FORMAT_KEY, _FORMAT)
-                    txn.put(_LENGTH_KEY, str(count).encode("ascii"))
+                    buffer = io.BytesIO()
+                    np.savez(buffer, **{k: as_numpy(v) for k, v in entry.items()})
+                    payload = buffer.getvalue()
                 else:
-                    txn.put(_LENGTH_KEY, pickle.dumps(count, protocol=-1))
+                    payload = pickle.dumps(builders[format](entry), protocol=-1)
+                txn.put(str(count).encode("ascii"), payload)
+                count, pending = count + 1, pending + len(payload)
+                if pending > _COMMIT_BYTES:  # a write transaction keeps its pages in memory
+                    txn.commit()
+                    txn, pending = env.begin(write=True), 0
+            if format == "npz":
+                txn.put(_FORMAT_KEY, _FORMAT)
+                txn.put(_LENGTH_KEY, str(count).encode("ascii"))
+            else:
+                txn.put(_LENGTH_KEY, pickle.dumps(count, protocol=-1))
+            txn.commit()
             env.sync()
         finally:
             env.close()

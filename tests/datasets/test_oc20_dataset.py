@@ -14,6 +14,7 @@ from torch_geometric.loader import DataLoader
 from lightning_climate.datasets import (
     OC20LMDBDataset,
     convert_oc20_lmdb,
+    oc20,
     write_oc20_lmdb,
 )
 from lightning_climate.datasets.oc20 import read_npz_batch
@@ -233,3 +234,18 @@ def test_write_is_atomic_on_failure(tmp_path: Path, entries) -> None:
     with pytest.raises(RuntimeError, match="interrupted"):
         write_oc20_lmdb(tmp_path / "data.lmdb", broken())
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("layout", ["npz", "pickle"])
+def test_writer_commits_in_pieces(tmp_path: Path, entries, monkeypatch, layout: str) -> None:
+    # large files are written in several transactions (LMDB keeps a transaction in memory)
+    monkeypatch.setattr(oc20, "_COMMIT_BYTES", 1000)
+    write_oc20_lmdb(tmp_path / "data.lmdb", entries * 2, format=layout)
+    env = lmdb.open(str(tmp_path / "data.lmdb"), subdir=False, readonly=True, lock=False)
+    # one transaction per entry (each is over 1000 bytes), and one for the length key
+    assert env.info()["last_txnid"] == 7
+    env.close()
+    dataset = OC20LMDBDataset(tmp_path / "data.lmdb", allow_pickle=True)
+    assert len(dataset) == 6
+    for i, entry in enumerate(entries * 2):
+        _same(dataset[i], entry)

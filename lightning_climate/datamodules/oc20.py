@@ -283,9 +283,6 @@ class OC20DataModule(BaseDataModule):
         else:
             base, indices = self.train_dataset, list(range(len(self.train_dataset)))  # type: ignore[arg-type]
         assert isinstance(base, OC20LMDBDataset)
-        values = []
-        for i in indices:
-            raw = base.raw(i)
-            key = self.target_key if self.target_key in raw else "y"
-            values.append(float(np.asarray(raw[key]).reshape(-1)[0]))
+        # a NaN/Inf target is an error naming the entry and file, never a NaN statistic
+        values = [base.target(i, self.target_key) for i in indices]
         return torch.tensor(values, dtype=torch.float64)

@@ -71,10 +71,17 @@ class DropoutRegressor(LightningModule):
 
 
 def make_loader(kind: str, num_workers: int = 0) -> DataLoader[Any]:
-    """The training loader: ``"plain"`` (``shuffle=True``) or ``"resumable"``."""
+    """The training loader: ``"plain"`` (``shuffle=True``), ``"persistent"`` (plain with
+    persistent workers) or ``"resumable"``."""
     dataset = AugmentedDataset()
-    if kind == "plain":
-        return DataLoader(dataset, batch_size=BATCH_SIZE, shuffle=True, num_workers=num_workers)
+    if kind in ("plain", "persistent"):
+        return DataLoader(
+            dataset,
+            batch_size=BATCH_SIZE,
+            shuffle=True,
+            num_workers=num_workers,
+            persistent_workers=kind == "persistent",
+        )
     sampler = ResumableSampler(dataset)  # built inside fit: ranks come from torch.distributed
     return ResumableDataLoader(
         dataset, batch_size=BATCH_SIZE, sampler=sampler, num_workers=num_workers

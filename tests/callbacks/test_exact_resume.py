@@ -110,17 +110,19 @@ def test_resume_with_persistent_workers_warns(tmp_path: Path) -> None:
 
 @pytest.mark.ddp
 @pytest.mark.skipif(sys.platform == "win32", reason="gloo ddp_spawn test runs on POSIX")
-def test_ddp_resume_restores_each_ranks_states(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["plain", pytest.param("resumable", marks=pytest.mark.slow)])
+def test_ddp_resume_restores_each_ranks_states(tmp_path: Path, kind: str) -> None:
     """Two processes with different random streams: each must get its own states back.
 
-    The user's plain shuffled loader, which Lightning gives a DistributedSampler.
+    ``plain`` is a user's shuffled loader, which Lightning gives a DistributedSampler;
+    ``resumable`` is what the package's datamodules use.
     """
-    straight = fit(tmp_path / "a", EPOCHS, devices=2, rank_streams=True)
+    straight = fit(tmp_path / "a", EPOCHS, kind=kind, devices=2, rank_streams=True)
     first = checkpoint(tmp_path / "a", 3)  # 48 samples / 2 ranks / batch 8 = 3 steps per epoch
     per_rank = torch.load(first, weights_only=True)["callbacks"]["ExactResume"]["rng"]
     assert len(per_rank) == 2
     assert not torch.equal(per_rank[0]["torch"], per_rank[1]["torch"])
-    resumed = fit(tmp_path / "b", EPOCHS, first, devices=2, rank_streams=True)
+    resumed = fit(tmp_path / "b", EPOCHS, first, kind=kind, devices=2, rank_streams=True)
     assert straight.name == resumed.name == "epoch=2-step=9.ckpt"
     assert_same_training_state(straight, resumed)
     assert_equal_nested(

@@ -114,8 +114,13 @@ def fit(
     devices: int = 1,
     every_n_train_steps: int | None = None,
     rank_streams: bool = False,
+    validate: bool = True,
 ) -> Path:
-    """Seed, build, train (from ``ckpt_path`` if given) and return the newest checkpoint's path."""
+    """Seed, build, train (from ``ckpt_path`` if given) and return the newest checkpoint's path.
+
+    Checkpoints are written after validation, or at the train epoch end when ``validate`` is
+    false, or every ``every_n_train_steps`` steps.
+    """
     seed_everything(0, verbose=False)
     module = LoaderModule(kind, num_workers, rank_streams=rank_streams)
     saver = ModelCheckpoint(
@@ -136,6 +141,7 @@ def fit(
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=1,
+        limit_val_batches=1.0 if validate else 0,
         deterministic=True,
     )
     trainer.fit(module, ckpt_path=ckpt_path)

@@ -47,18 +47,17 @@ def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path: Path)
     assert draws() == expected
 
 
-@pytest.mark.parametrize(("kind", "num_workers"), [("plain", 0), ("resumable", 0), ("plain", 2)])
+@pytest.mark.parametrize(
+    ("kind", "num_workers", "validate"),
+    [("plain", 0, True), ("resumable", 0, True), ("plain", 2, True), ("plain", 0, False)],
+)
 def test_resume_at_epoch_end_equals_uninterrupted_run(
-    tmp_path: Path, kind: str, num_workers: int
+    tmp_path: Path, kind: str, num_workers: int, validate: bool
 ) -> None:
-    straight = fit(tmp_path / "a", EPOCHS, kind=kind, num_workers=num_workers)
-    resumed = fit(
-        tmp_path / "b",
-        EPOCHS,
-        checkpoint(tmp_path / "a", 6),
-        kind=kind,
-        num_workers=num_workers,
-    )
+    """Checkpoints written after validation, or at the train epoch end without validation."""
+    settings = {"kind": kind, "num_workers": num_workers, "validate": validate}
+    straight = fit(tmp_path / "a", EPOCHS, **settings)
+    resumed = fit(tmp_path / "b", EPOCHS, checkpoint(tmp_path / "a", 6), **settings)
     assert straight.name == resumed.name == "epoch=2-step=18.ckpt"
     assert_same_training_state(straight, resumed)
 

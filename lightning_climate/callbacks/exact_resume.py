@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import CombinedLoader
 
 __all__ = ["ExactResume", "collect_rng_states", "restore_rng_states"]
 
@@ -172,8 +173,8 @@ class ExactResume(Callback):
         loaded, self._loaded = self._loaded, None
         if loaded is None:
             return
-        loaders = trainer.fit_loop._combined_loader
-        flattened = loaders.flattened if loaders is not None else []
+        loaders = trainer.train_dataloader
+        flattened = CombinedLoader(loaders).flattened if loaders is not None else []
         if loaded["mid_epoch"] and not all(hasattr(dl, "load_state_dict") for dl in flattened):
             warnings.warn(
                 f"ExactResume: resuming from a checkpoint written mid-epoch (epoch "

@@ -100,8 +100,8 @@ class ResumableDataLoader(DataLoader[T]):
     fit loop in every checkpoint, since the loader has ``state_dict``/``load_state_dict``) records
     the epoch and the samples already seen, and :meth:`load_state_dict` makes the next iteration
     skip them. Worker processes are seeded from ``(seed, epoch, rank)`` through the loader's own
-    generator, so workers draw the same numbers in a resumed run and never touch the global
-    generator. Takes :class:`~torch.utils.data.DataLoader`'s arguments; ``sampler`` must be a
+    generator (reseeded at each epoch, also when you pass one), so workers draw the same numbers in
+    a resumed run and the loader never touches the global generator. Takes :class:`~torch.utils.data.DataLoader`'s arguments; ``sampler`` must be a
     :class:`ResumableSampler` and ``batch_size`` an integer.
 
     Random draws inside persistent workers (``persistent_workers=True``) continue across epochs

@@ -87,6 +87,20 @@ def restore_rng_states(states: dict[str, Any]) -> None:
     )
 
 
+def _same_states(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two :func:`collect_rng_states` results are the same generator states."""
+    return (
+        torch.equal(a["torch"], b["torch"])
+        and len(a["torch.cuda"]) == len(b["torch.cuda"])
+        and all(torch.equal(x, y) for x, y in zip(a["torch.cuda"], b["torch.cuda"], strict=True))
+        and torch.equal(a["numpy"]["keys"], b["numpy"]["keys"])
+        and a["numpy"]["pos"] == b["numpy"]["pos"]
+        and a["numpy"]["has_gauss"] == b["numpy"]["has_gauss"]
+        and torch.equal(a["python"]["state"], b["python"]["state"])
+        and a["python"]["gauss_next"] == b["python"]["gauss_next"]
+    )
+
+
 def _gather_per_rank(states: dict[str, Any]) -> list[dict[str, Any]]:
     """Every rank's ``states`` in rank order (a collective: all ranks write checkpoints together)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -117,6 +131,8 @@ class ExactResume(Callback):
         self._trainer: Trainer | None = None
         self._loaded: dict[str, Any] | None = None
         self._fit_started = False
+        # this rank's states in the last epoch-end checkpoint, checked when the next epoch starts
+        self._saved_at_epoch_end: dict[str, Any] | None = None
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Keep the trainer: :meth:`state_dict` needs the ranks and the loop's position."""
@@ -124,14 +140,23 @@ class ExactResume(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         """Every rank's random states, and whether the checkpoint is written mid-epoch."""
-        per_rank = _gather_per_rank(collect_rng_states())
-        state: dict[str, Any] = {"rng": per_rank, "epoch": 0, "batches": 0, "mid_epoch": False}
+        mine = collect_rng_states()
+        state: dict[str, Any] = {
+            "rng": _gather_per_rank(mine),
+            "epoch": 0,
+            "batches": 0,
+            "mid_epoch": False,
+        }
         trainer = self._trainer
         if trainer is not None and trainer.state.fn == TrainerFn.FITTING:
-            batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            progress = trainer.fit_loop.epoch_loop.batch_progress.current
             state["epoch"] = trainer.current_epoch
-            state["batches"] = batches
-            state["mid_epoch"] = 0 < batches < trainer.num_training_batches
+            state["batches"] = progress.processed
+            state["mid_epoch"] = 0 < progress.processed < trainer.num_training_batches
+            # written after the epoch's last batch was completed (not from on_train_batch_end,
+            # whose epoch-end validation a resumed run repeats)
+            if not state["mid_epoch"] and progress.completed == progress.processed:
+                self._saved_at_epoch_end = mine
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -205,8 +230,29 @@ class ExactResume(Callback):
                 stacklevel=2,
             )
 
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Warn if random numbers were drawn between the last epoch-end checkpoint and now.
+
+        A resumed run restores the states of the checkpoint and does not repeat those draws (made
+        by hooks that run after ``ModelCheckpoint`` at the end of the epoch), so it could not
+        continue exactly from that checkpoint.
+        """
+        saved, self._saved_at_epoch_end = self._saved_at_epoch_end, None
+        if saved is not None and not _same_states(saved, collect_rng_states()):
+            warnings.warn(
+                "ExactResume: random numbers were drawn after the checkpoint at the end of epoch "
+                f"{trainer.current_epoch - 1} was written and before epoch "
+                f"{trainer.current_epoch} began (by a hook that runs after ModelCheckpoint, such as "
+                "on_train_epoch_end when checkpoints are written at on_validation_end); a run "
+                "resumed from that "
+                "checkpoint will not repeat them and differs from this one. Draw them with a "
+                "generator of your own, or before the checkpoint is written.",
+                stacklevel=2,
+            )
+
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Forget the run, so the callback can serve another ``fit``."""
         self._trainer = None
         self._loaded = None
         self._fit_started = False
+        self._saved_at_epoch_end = None

@@ -91,10 +91,21 @@ def make_loader(kind: str, num_workers: int = 0) -> DataLoader[Any]:
 class LoaderModule(DropoutRegressor):
     """:class:`DropoutRegressor` that builds its own loaders (so they are made inside each rank)."""
 
-    def __init__(self, kind: str = "plain", num_workers: int = 0, rank_streams: bool = False):
+    def __init__(
+        self,
+        kind: str = "plain",
+        num_workers: int = 0,
+        rank_streams: bool = False,
+        draw_at_epoch_end: bool = False,
+    ) -> None:
         super().__init__(rank_streams=rank_streams)
         self.kind = kind
         self.num_workers = num_workers
+        self.draw_at_epoch_end = draw_at_epoch_end
+
+    def on_train_epoch_end(self) -> None:
+        if self.draw_at_epoch_end:
+            torch.rand(1)
 
     def train_dataloader(self) -> DataLoader[Any]:
         return make_loader(self.kind, self.num_workers)
@@ -115,6 +126,8 @@ def fit(
     every_n_train_steps: int | None = None,
     rank_streams: bool = False,
     validate: bool = True,
+    draw_at_epoch_end: bool = False,
+    save_on_train_epoch_end: bool | None = None,
 ) -> Path:
     """Seed, build, train (from ``ckpt_path`` if given) and return the newest checkpoint's path.
 
@@ -122,12 +135,13 @@ def fit(
     false, or every ``every_n_train_steps`` steps.
     """
     seed_everything(0, verbose=False)
-    module = LoaderModule(kind, num_workers, rank_streams=rank_streams)
+    module = LoaderModule(kind, num_workers, rank_streams, draw_at_epoch_end)
     saver = ModelCheckpoint(
         dirpath=root,
         filename="{epoch}-{step}",
         save_top_k=-1,
         every_n_train_steps=every_n_train_steps,
+        save_on_train_epoch_end=save_on_train_epoch_end,
     )
     callbacks: list[Callback] = [saver] + ([ExactResume()] if exact else [])
     trainer = Trainer(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +73,11 @@ def test_without_the_callback_the_resumed_run_differs(tmp_path: Path) -> None:
 
 
 def test_resume_mid_epoch_with_resumable_loader_equals_uninterrupted_run(tmp_path: Path) -> None:
-    straight = fit(tmp_path / "a", EPOCHS, kind="resumable", every_n_train_steps=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # also writes after the last batch of epoch 1 (step 12), before its validation draws
+        straight = fit(tmp_path / "a", EPOCHS, kind="resumable", every_n_train_steps=4)
+    assert not [w for w in caught if "ExactResume" in str(w.message)]
     # step 8 is the third of the six batches of epoch 1
     resumed = fit(
         tmp_path / "b",
@@ -89,6 +94,17 @@ def test_resume_mid_epoch_with_plain_loader_warns(tmp_path: Path) -> None:
     fit(tmp_path / "a", 1, every_n_train_steps=4)
     with pytest.warns(UserWarning, match=r"written mid-epoch \(epoch 0, after 4 batches\)"):
         fit(tmp_path / "b", 2, checkpoint(tmp_path / "a", 4), every_n_train_steps=4)
+
+
+def test_draws_after_an_epoch_end_checkpoint_warn_and_do_break_the_resume(tmp_path: Path) -> None:
+    # checkpoints at on_validation_end; the module's on_train_epoch_end then draws
+    settings = {"draw_at_epoch_end": True, "save_on_train_epoch_end": False}
+    with pytest.warns(UserWarning, match="drawn after the checkpoint at the end of epoch 0"):
+        straight = fit(tmp_path / "a", EPOCHS, **settings)
+    with pytest.warns(UserWarning, match="drawn after the checkpoint at the end of epoch 1"):
+        resumed = fit(tmp_path / "b", EPOCHS, checkpoint(tmp_path / "a", 6), **settings)
+    with pytest.raises(AssertionError, match="tensors differ"):
+        assert_same_training_state(straight, resumed)
 
 
 def test_resume_with_another_number_of_processes_warns(tmp_path: Path) -> None:

@@ -123,8 +123,10 @@ class ExactResume(Callback):
     inside the epoch) resumes exactly only with a train loader that can skip the batches it already
     gave, such as :class:`~lightning_climate.datamodules.ResumableDataLoader` (what the package's
     datamodules use); with another loader the callback warns when the run resumes. It also warns
-    when the checkpoint has no random states, when the number of processes changed, and when the
-    train loader keeps persistent workers (their random streams cannot be saved).
+    when the checkpoint has no random states, when the number of processes changed, when the
+    train loader keeps persistent workers (their random streams cannot be saved), and, in the run
+    that writes them, when random numbers are drawn between an epoch-end checkpoint and the next
+    epoch (a resumed run would not repeat them).
     """
 
     def __init__(self) -> None:

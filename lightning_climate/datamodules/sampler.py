@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
 __all__ = ["ResumableDataLoader", "ResumableSampler"]
 
@@ -79,6 +79,15 @@ class ResumableSampler(DistributedSampler[T]):
 
     def __iter__(self) -> Iterator[T]:
         """This rank's indices of the current epoch, from :attr:`start` (which then returns to 0)."""
+        if dist.is_available() and dist.is_initialized():
+            world, rank = dist.get_world_size(), dist.get_rank()
+            if (world, rank) != (self.num_replicas, self.rank):
+                raise RuntimeError(
+                    f"ResumableSampler was built for rank {self.rank} of {self.num_replicas} "
+                    f"process(es) but runs on rank {rank} of {world}; every rank would read the "
+                    "wrong share of the data. Build it inside `train_dataloader()` (after the "
+                    "processes start) or pass num_replicas and rank."
+                )
         start, self.start = self.start, 0
         return iter(list(super().__iter__())[start:])
 
@@ -100,27 +109,25 @@ class ResumableDataLoader(DataLoader[T]):
     fit loop in every checkpoint, since the loader has ``state_dict``/``load_state_dict``) records
     the epoch and the samples already seen, and :meth:`load_state_dict` makes the next iteration
     skip them. Worker processes are seeded from ``(seed, epoch, rank)`` through the loader's own
-    generator (reseeded at each epoch, also when you pass one), so workers draw the same numbers in
-    a resumed run and the loader never touches the global generator. Takes :class:`~torch.utils.data.DataLoader`'s arguments; ``sampler`` must be a
-    :class:`ResumableSampler` and ``batch_size`` an integer.
+    generator (reseeded at each epoch, also when you pass one), so workers draw the same numbers
+    in a resumed run and the loader never touches the global generator.
 
-    Random draws inside persistent workers (``persistent_workers=True``) continue across epochs
-    and cannot be saved; draws inside workers are exact after a resume only at epoch boundaries
-    and with ``persistent_workers=False``.
+    Takes :class:`~torch.utils.data.DataLoader`'s arguments with ``sampler=ResumableSampler(...)``
+    (``shuffle=True`` is refused: its order comes from the global generator). With another
+    sampler, such as the ``SequentialSampler`` Lightning swaps in for ``overfit_batches``, it is a
+    plain DataLoader with an empty state. Random draws inside persistent workers
+    (``persistent_workers=True``) continue across epochs and cannot be saved: draws inside
+    workers are exact after a resume only at epoch boundaries and without persistent workers.
     """
 
     def __init__(self, dataset: Dataset[T], *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("generator", torch.Generator())
         super().__init__(dataset, *args, **kwargs)
-        if not isinstance(self.sampler, ResumableSampler):
+        if isinstance(self.sampler, RandomSampler):
             raise TypeError(
-                "ResumableDataLoader needs `sampler=ResumableSampler(dataset, ...)`, got "
-                f"{type(self.sampler).__name__}; pass one instead of `shuffle=` or another sampler."
-            )
-        if self.batch_size is None:
-            raise TypeError(
-                "ResumableDataLoader needs an integer `batch_size` (it skips whole batches on "
-                "resume); got batch_size=None."
+                "ResumableDataLoader shuffles with `sampler=ResumableSampler(dataset)`; "
+                "`shuffle=True` (a RandomSampler) draws its order from the global generator and "
+                "cannot resume. Pass the sampler instead of shuffle=True."
             )
         self._seen = 0
         self._seen_epoch = -1
@@ -128,7 +135,9 @@ class ResumableDataLoader(DataLoader[T]):
     def __iter__(self) -> Iterator[Any]:
         """Batches of the sampler's current epoch from its start position, counting them."""
         sampler = self.sampler
-        assert isinstance(sampler, ResumableSampler) and self.batch_size is not None
+        if not isinstance(sampler, ResumableSampler) or self.batch_size is None:
+            yield from super().__iter__()
+            return
         assert self.generator is not None
         words = np.random.SeedSequence([sampler.seed, sampler.epoch, sampler.rank])
         self.generator.manual_seed(int(words.generate_state(1, dtype=np.uint64)[0]))
@@ -140,7 +149,8 @@ class ResumableDataLoader(DataLoader[T]):
     def state_dict(self) -> dict[str, int]:
         """The sampler's seed and epoch, and how many of this rank's samples the epoch has used."""
         sampler = self.sampler
-        assert isinstance(sampler, ResumableSampler)
+        if not isinstance(sampler, ResumableSampler):
+            return {}
         # before the first batch of a new epoch, the count still belongs to the previous one
         seen = self._seen if self._seen_epoch == sampler.epoch else sampler.start
         return {"seed": sampler.seed, "epoch": sampler.epoch, "start": seen}
@@ -148,6 +158,7 @@ class ResumableDataLoader(DataLoader[T]):
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         """Continue the saved epoch after its seen samples (a finished epoch is left as is)."""
         sampler = self.sampler
-        assert isinstance(sampler, ResumableSampler)
+        if not isinstance(sampler, ResumableSampler) or not state_dict:
+            return
         sampler.load_state_dict(state_dict)
         self._seen, self._seen_epoch = sampler.start, sampler.epoch

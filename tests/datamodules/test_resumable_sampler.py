@@ -83,11 +83,21 @@ def test_worker_draws_depend_on_seed_epoch_and_rank_only() -> None:
     assert not torch.equal(run(2)[:, 1], first[:, 1])
 
 
-def test_loader_refuses_another_sampler_or_no_batch_size() -> None:
-    with pytest.raises(TypeError, match="sampler=ResumableSampler"):
+def test_loader_refuses_shuffle_and_is_plain_with_another_sampler() -> None:
+    with pytest.raises(TypeError, match="Pass the sampler instead of shuffle=True"):
         ResumableDataLoader(DATA, batch_size=2, shuffle=True)
-    with pytest.raises(TypeError, match="integer `batch_size`"):
-        ResumableDataLoader(DATA, batch_size=None, sampler=ResumableSampler(DATA))
+    plain = ResumableDataLoader(DATA, batch_size=5)  # what Lightning makes for overfit_batches
+    assert next(b[0].tolist() for b in plain) == [0, 1, 2, 3, 4]
+    assert plain.state_dict() == {}
+
+
+def test_sampler_built_for_other_ranks_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    sampler = ResumableSampler(DATA)  # built before the processes started: 1 process
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
+    with pytest.raises(RuntimeError, match=r"built for rank 0 of 1 .* runs on rank 1 of 2"):
+        list(sampler)
 
 
 def test_package_datamodules_train_with_the_resumable_loader(

@@ -35,6 +35,8 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_climate.datamodules.sampler import ResumableDataLoader, ResumableSampler
+
 __all__ = ["BaseDataModule", "Split", "renamed_argument"]
 
 Split = Literal["train", "val", "test", "predict"]
@@ -187,14 +189,17 @@ class BaseDataModule(LightningDataModule):
         dataset = self._split_datasets(split)
 
         def build(ds: Dataset[Any]) -> DataLoader[Any]:
-            return DataLoader(
-                ds,
-                batch_size=self.batch_size,
-                shuffle=split == "train",
-                num_workers=self.num_workers,
-                collate_fn=self.collate_fn,
-                persistent_workers=self.num_workers > 0,
-            )
+            kwargs: dict[str, Any] = {
+                "batch_size": self.batch_size,
+                "num_workers": self.num_workers,
+                "collate_fn": self.collate_fn,
+            }
+            if split != "train":
+                return DataLoader(ds, persistent_workers=self.num_workers > 0, **kwargs)
+            # seeded by (seed_everything, epoch, rank) and resumable mid-epoch: exact resumes
+            trainer = self.trainer
+            ranks = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+            return ResumableDataLoader(ds, sampler=ResumableSampler(ds, *ranks), **kwargs)
 
         if isinstance(dataset, Mapping):
             return [build(ds) for ds in dataset.values()]

@@ -25,13 +25,14 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
-from lightning.pytorch import LightningModule
+from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
+from lightning_climate.callbacks.exact_resume import ExactResume
 from lightning_climate.layers.normalization import Normalizer
 
 __all__ = ["BaseTask"]
@@ -208,6 +209,10 @@ class BaseTask(LightningModule):
         stats = statistics()
         for normalizer in pending:
             normalizer.fit(stats)
+
+    def configure_callbacks(self) -> list[Callback]:
+        """Callbacks every task brings: :class:`ExactResume`, so resumed runs continue bit for bit."""
+        return [ExactResume()]
 
     def configure_optimizers(self) -> Any:
         """Build the injected optimizer over all trainable parameters, and the scheduler if any.

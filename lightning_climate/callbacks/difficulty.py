@@ -272,9 +272,10 @@ class DifficultyScores(Callback):
                 else:
                     for message in messages:
                         rank_zero_warn(f"DifficultyScores: {message}.")
-                    if kept != self.scored:
-                        self.scored = kept
+                    self.scored = kept
         self._agree(trainer, error, FileExistsError)
+        if trainer.world_size > 1:  # every rank decides what is due from the same records
+            self.scored = trainer.strategy.broadcast(self.scored, src=0)
         if self.run_id is None:
             self.run_id = uuid.uuid4().hex
         self.run_id = trainer.strategy.broadcast(self.run_id, src=0)

@@ -65,8 +65,9 @@ class RecordWriter:
         if not self.store.exists():
             if self.path.exists():
                 raise FileExistsError(self.refuse_foreign())
-            lost = f"; its records {scored} are lost" if scored else ""
-            return [], [f"the run's store {self.path} is missing{lost}; starting it again"]
+            if not scored:  # the checkpoint predates the first record: nothing to continue
+                return [], []
+            return [], [f"the run's store {self.path} is missing; its records {scored} are lost"]
         owner = self.store.attrs().get("run_id")
         if owner != run_id:
             raise FileExistsError(

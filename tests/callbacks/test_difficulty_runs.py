@@ -6,6 +6,7 @@ bit for bit.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -277,3 +278,32 @@ def test_hard_kill_during_an_append_then_resume(
         trainer.fit(TinyClassifier(), TinyDigits(shuffle=False), ckpt_path=str(ckpt / "last.ckpt"))
     assert_same_scores(read(path), reference)
     assert not list(tmp_path.rglob("*.partial")) and not list(tmp_path.glob(".s.zarr.*"))
+
+
+def test_records_missing_from_the_store_are_reported(
+    trainer_kwargs: dict[str, Any], tmp_path: Path
+) -> None:
+    reference = uninterrupted(trainer_kwargs, tmp_path / "reference.zarr")
+    path = tmp_path / "s.zarr"
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    torch.manual_seed(0)
+    callbacks = [DifficultyScores(scores=SCORES, path=str(path)), ckpt]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        Trainer(max_epochs=4, callbacks=callbacks, **trainer_kwargs).fit(
+            TinyClassifier(crash_at_epoch=2), TinyDigits(shuffle=False)
+        )
+    shutil.rmtree(path)  # deleted by hand
+    trainer = Trainer(
+        max_epochs=4, callbacks=[DifficultyScores(scores=SCORES, path=str(path))], **trainer_kwargs
+    )
+    with pytest.warns(
+        UserWarning, match=r"is missing; its records \[\(0, 7\), \(1, 14\)\] are lost"
+    ):
+        trainer.fit(
+            TinyClassifier(),
+            TinyDigits(shuffle=False),
+            ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"),
+        )
+    ds = read(path)
+    assert ds["epoch"].values.tolist() == [2, 3]
+    np.testing.assert_array_equal(ds["loss"].values, reference["loss"].values[2:])

@@ -284,11 +284,20 @@ class RecordingFunctionalDimension(FunctionalDimension):
             Path(self.out).write_text(json.dumps(self.history))
 
 
+class RankHoldings(DifficultyScores):
+    """Writes, per rank, how many examples' scores the rank holds at the end of training."""
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        held = {"vog": self.vog.num_examples, "trace": sum(len(a) for a in self.accuracy_trace)}
+        Path(f"{self.path}.rank{trainer.global_rank}.json").write_text(json.dumps(held))
+
+
 def run_for_ddp(root: str, devices: int) -> None:
     """Score an unchanging model (lr=0) so 1- and 2-process runs see the same model state."""
     torch.manual_seed(0)
     model = TinyClassifier(lr=0.0)
-    callback = DifficultyScores(
+    callback = RankHoldings(
         scores=ALL_SCORES,
         epochs=[-1, 0, 1],
         layers=["net.1", "net.3"],
@@ -328,6 +337,10 @@ def test_two_processes_give_the_single_process_results(tmp_path: Path) -> None:
         )
     for name in ("accuracy", "prediction_depth", "forgetting", "first_learned"):
         np.testing.assert_array_equal(double[name].values, single[name].values, err_msg=name)
+    # only rank 0 gathers and keeps every example's scores; rank 1 sends its shard and keeps none
+    rank0 = json.loads((tmp_path / "scores_2.zarr.rank0.json").read_text())
+    rank1 = json.loads((tmp_path / "scores_2.zarr.rank1.json").read_text())
+    assert rank0 == {"vog": 101, "trace": 3 * 101} and rank1 == {"vog": 0, "trace": 0}
     fdim_single = json.loads((tmp_path / "fdim_1.json").read_text())
     fdim_double = json.loads((tmp_path / "fdim_2.json").read_text())
     assert len(fdim_single) == 2 and fdim_double == fdim_single

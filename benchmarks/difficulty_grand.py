@@ -4,9 +4,10 @@
    approximation (``grand(..., parameters=[<last layer>])``) on the real sklearn digits, for an
    MLP and a CNN after 1 and 10 epochs of training, and on a CIFAR-size ResNet-18 (3x3 stem,
    32x32 synthetic images with a learnable class signal, a few SGD steps); with the time of each.
-2. Peak RSS of full GraNd of that ResNet-18 (11 M parameters) over 64 examples for several
-   ``chunk_size`` values, each in a fresh process: the per-example gradients of one chunk are
-   reduced to norms before the next, so memory grows with the chunk, not with the batch.
+2. Peak RSS added by full GraNd of that ResNet-18 (11 M parameters) over 64 examples for several
+   ``chunk_size`` values, each in a fresh process (Linux: the peak is reset through
+   ``/proc/self/clear_refs`` before the call): the per-example gradients of one chunk are reduced
+   to norms before the next, so memory grows with the chunk, not with the batch.
 
 Usage::
 
@@ -110,16 +111,23 @@ def correlations(cifar_examples: int) -> None:
 
 
 _MEMORY_CHILD = """
-import resource, sys, torch
+import sys, torch
 sys.path.insert(0, {bench!r})
 from difficulty_grand import resnet18_cifar
 from lightning_climate.analysis.scores import grand
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1])
+
 torch.manual_seed(0)
 model = resnet18_cifar().eval()
 x, y = torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
+base = status("VmRSS")
 grand(model, x, y, chunk_size={chunk})
-print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(base, status("VmHWM"))
 """
 
 
@@ -142,10 +150,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cifar-examples", type=int, default=128)
     parser.add_argument("--chunks", type=int, nargs="*", default=[2, 8, 32])
+    parser.add_argument("--part", choices=["correlation", "memory", "both"], default="both")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    correlations(args.cifar_examples)
-    memory(args.chunks)
+    if args.part in ("correlation", "both"):
+        correlations(args.cifar_examples)
+    if args.part in ("memory", "both"):
+        memory(args.chunks)
 
 
 if __name__ == "__main__":

@@ -17,28 +17,13 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from typing import Any
 
 import torch
+from difficulty_overhead import TimedScores
 from epoch_timer import EpochTimer
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
-
-from lightning_climate.callbacks import DifficultyScores
-
-
-class TimedScores(DifficultyScores):
-    """DifficultyScores recording the wall time of each scoring point."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.seconds: list[float] = []
-
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        start = time.perf_counter()
-        super().on_train_epoch_end(trainer, pl_module)
-        self.seconds.append(time.perf_counter() - start)
 
 
 class ResNetTask(LightningModule):

@@ -28,21 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
+from lightning_climate.callbacks import DifficultyScores
+from lightning_climate.callbacks.difficulty import DIFFICULTY_SCORES
 from lightning_climate.io import RecordStore
 from lightning_climate.utils import atomic_path, lazy_import
 
-SCORES_9 = (
-    "loss",
-    "accuracy",
-    "confidence",
-    "max_confidence",
-    "entropy",
-    "margin",
-    "el2n",
-    "grand",
-    "vog",
-)
-SCORES_5 = ("loss", "accuracy", "confidence", "margin", "el2n")
+SCORES_9 = DIFFICULTY_SCORES[:9]  # the one-pass scores, GraNd and VoG
+SCORES_5 = DifficultyScores().scores  # the callback's default, cheap scores
 
 
 def synthetic_record(

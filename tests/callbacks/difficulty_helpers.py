@@ -13,23 +13,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_climate.callbacks import DifficultyScores
+from lightning_climate.callbacks.difficulty import DIFFICULTY_SCORES
 
-ALL_SCORES = [
-    "loss",
-    "accuracy",
-    "confidence",
-    "max_confidence",
-    "entropy",
-    "margin",
-    "el2n",
-    "grand",
-    "vog",
-    "prediction_depth",
-    "forgetting",
-    "first_learned",
-    "first_unforgettable",
-    "unforgettable",
-]
+ALL_SCORES = list(DIFFICULTY_SCORES)
 
 
 class DigitsSubset(Dataset[Any]):

@@ -67,8 +67,9 @@ class DifficultyScores(Callback):
     unique integer id per example: dicts (``input_key``, ``target_key``, ``index_key``) or tuples
     (``input_key=0, target_key=1, index_key=None`` for ``(x, y)`` batches: the id is then the
     example's position in the dataset), and a forward pass ``pl_module(x) -> (B, C)`` logits (or
-    pass ``forward``). The batch format is checked on one batch when fit starts. The scored split is
-    read again from ``trainer.datamodule.<split>_dataloader()`` (or the module's) without
+    pass ``forward``). The batch format is checked on one batch when training starts, before the
+    first step. The scored split is read again from the datamodule's or the module's
+    ``<split>_dataloader()``, or from the loaders given to ``trainer.fit``, without
     shuffling, with the same batch transfer hooks as training; under DDP each rank scores a
     :class:`~torch.utils.data.DistributedSampler` shard, the shards are gathered on rank 0 only,
     the sampler's padding duplicates are dropped by index, and rank 0 writes the store.
@@ -255,7 +256,7 @@ class DifficultyScores(Callback):
         self._cache = None
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Claim the store (new run) or continue it (resumed run), then check one batch."""
+        """Claim the store (new run) or continue it (resumed run)."""
         writer = self._require_writer()
         if self._checkpoint_path is not None and self.path is None:
             # the default path lies in the log directory of the run's first version
@@ -279,10 +280,10 @@ class DifficultyScores(Callback):
         if self.run_id is None:
             self.run_id = uuid.uuid4().hex
         self.run_id = trainer.strategy.broadcast(self.run_id, src=0)
-        self._check_batch(trainer, pl_module)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Score the initial model when ``epochs`` contains -1."""
+        """Check one batch of the scored split (before any training step); score -1 if chosen."""
+        self._check_batch(trainer, pl_module)
         if self.schedule.epochs is not None and -1 in self.schedule.epochs and not self.scored:
             self._score_and_record(trainer, pl_module, epoch=-1, by_step=False)
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 
@@ -107,13 +108,9 @@ def probe_loader(
     trainer: Trainer, pl_module: LightningModule, split: str, batch_size: int | None
 ) -> DataLoader[Any]:
     """The split's dataset again, in order, with this rank's shard under DDP."""
-    source = trainer.datamodule if trainer.datamodule is not None else pl_module
-    make = getattr(source, f"{split}_dataloader", None)
-    if make is None:
-        raise ValueError(
-            f"{type(source).__name__} has no {split}_dataloader(); choose another `split`."
-        )
-    loader = make()
+    loader = _split_loader(trainer, pl_module, split)
+    if isinstance(loader, Mapping):
+        loader = list(loader.values())
     if isinstance(loader, Sequence):
         if len(loader) != 1:
             raise ValueError(
@@ -144,6 +141,26 @@ def probe_loader(
         # own generator: building an iterator must not consume the global RNG of training
         generator=torch.Generator().manual_seed(0),
     )
+
+
+def _split_loader(trainer: Trainer, pl_module: LightningModule, split: str) -> Any:
+    """The split's loader(s): from the datamodule's or module's hook, else those given to ``fit``."""
+    hook = f"{split}_dataloader"
+    for source in (trainer.datamodule, pl_module):
+        if source is not None and is_overridden(hook, source):
+            return getattr(source, hook)()
+    # loaders passed to trainer.fit(model, train_dataloaders=...) are known once fit has set them up
+    attached = {
+        "train": trainer.train_dataloader,
+        "val": trainer.val_dataloaders,
+        "test": trainer.test_dataloaders,
+    }[split]
+    if attached is None:
+        raise ValueError(
+            f"DifficultyScores found no {split} dataloader: give it through a LightningDataModule "
+            f"or the module's {hook}(), or to trainer.fit, or choose another `split`."
+        )
+    return attached
 
 
 def positions(loader: DataLoader[Any]) -> Tensor:

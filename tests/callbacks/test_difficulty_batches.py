@@ -26,10 +26,20 @@ def test_tuple_batches_with_positions_equal_dict_batches_with_ids(
         scores=scores, input_key=0, target_key=1, index_key=None, path=str(tmp_path / "t.zarr")
     )
     fit(trainer_kwargs, tuples, data=TinyDigits(tuples=True))
-    a, b = read(tmp_path / "d.zarr"), read(tmp_path / "t.zarr")
-    assert b["index"].values.tolist() == list(range(101))
-    for name in scores:
-        np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
+    # the docs' example: a plain DataLoader of (x, y) given to trainer.fit, no datamodule
+    torch.manual_seed(0)
+    model = TinyClassifier()
+    plain = DifficultyScores(
+        scores=scores, input_key=0, target_key=1, index_key=None, path=str(tmp_path / "p.zarr")
+    )
+    loader = DataLoader(DigitsSubset(101, tuples=True), batch_size=16, shuffle=True)
+    Trainer(max_epochs=2, callbacks=[plain], **trainer_kwargs).fit(model, train_dataloaders=loader)
+    a = read(tmp_path / "d.zarr")
+    for other in ("t.zarr", "p.zarr"):
+        b = read(tmp_path / other)
+        assert b["index"].values.tolist() == list(range(101))
+        for name in scores:
+            np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
 
 
 class NoTraining(TinyClassifier):

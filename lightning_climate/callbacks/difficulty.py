@@ -11,8 +11,6 @@ grown by one record per scoring point at a constant cost and crash-safely. Its p
 
 from __future__ import annotations
 
-import json
-import os
 import tempfile
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -25,7 +23,6 @@ from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
-from lightning_climate import __version__
 from lightning_climate.analysis.scores import (
     OUTPUT_SCORES,
     VoGAccumulator,
@@ -43,7 +40,7 @@ from lightning_climate.callbacks.difficulty_probe import (
     to_device,
 )
 from lightning_climate.callbacks.difficulty_schedule import COSTLY_SCORES, ScoreSchedule
-from lightning_climate.callbacks.difficulty_writer import RecordWriter
+from lightning_climate.callbacks.difficulty_writer import RecordWriter, run_attributes
 from lightning_climate.io import RecordStore
 from lightning_climate.utils import lazy_import
 
@@ -521,32 +518,8 @@ class DifficultyScores(Callback):
             "grand_parameters": self.grand_parameters,
             "forward": getattr(self.forward, "__qualname__", repr(self.forward)),
         }
-        hparams = dict(pl_module.hparams) if pl_module.hparams else {}
-        model = hparams.get("model")
-        # a model given by name (timm) is in the hparams; an injected module is named by its class
-        inner = getattr(pl_module, "model", None)
-        if not isinstance(model, str) and isinstance(inner, nn.Module):
-            model = type(inner).__name__
-        attrs: dict[str, Any] = {
-            "title": "Per-example difficulty scores",
-            "source": f"lightning_climate {__version__} DifficultyScores",
-            "run_id": self.run_id,
-            "model_class": type(pl_module).__name__,
-            "architecture": model if isinstance(model, str) else type(pl_module).__name__,
-            "seed": int(os.environ.get("PL_GLOBAL_SEED", "-1")),
-            "world_size": trainer.world_size,
-            "num_parameters": sum(p.numel() for p in pl_module.parameters()),
-            "callback_config": json.dumps(config),
-            "hparams": json.dumps(hparams, default=repr),
-            "conventions": (
-                "eval mode; margin on probabilities; forgetting with acc(-1)=0 over the recorded "
-                "epochs; VoG on the input gradient of p_y, channel-mean then variance over "
-                "records then pixel-mean; prediction depth = first probed layer from which all "
-                "k-NN probes agree with the network's prediction; NaN = not computed"
-            ),
-        }
-        attrs.update(self.run_attrs)
-        return attrs
+        assert self.run_id is not None
+        return {**run_attributes(trainer, pl_module, self.run_id, config), **self.run_attrs}
 
     def _write(
         self, trainer: Trainer, pl_module: LightningModule, epoch: int, record: dict[str, Tensor]

@@ -1,4 +1,4 @@
-"""Rank 0's writer of :class:`~lightning_climate.callbacks.DifficultyScores` records.
+"""Rank 0's writer of :class:`~lightning_climate.callbacks.DifficultyScores` records, and the run description.
 
 It owns the run's :class:`~lightning_climate.io.RecordStore`: it never touches a path that this
 run did not create (each store carries its run's id), continues the run's own store after a resume
@@ -10,14 +10,20 @@ checkpoint, so a checkpoint lists durable records only.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import os
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch import LightningModule, Trainer
+from torch import nn
+
+from lightning_climate import __version__
 from lightning_climate.io import RecordStore
 
-__all__ = ["RecordWriter"]
+__all__ = ["RecordWriter", "run_attributes"]
 
 Record = tuple[int, int]
 
@@ -127,3 +133,33 @@ class RecordWriter:
         # ddp_spawn pickles the callbacks; a thread pool cannot be pickled
         self.flush()
         return {**self.__dict__, "_pool": None, "_pending": None}
+
+
+def run_attributes(
+    trainer: Trainer, pl_module: LightningModule, run_id: str, config: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The store's description of the run: model, architecture, seed, configuration, conventions."""
+    hparams = dict(pl_module.hparams) if pl_module.hparams else {}
+    model = hparams.get("model")
+    # a model given by name (timm) is in the hparams; an injected module is named by its class
+    inner = getattr(pl_module, "model", None)
+    if not isinstance(model, str) and isinstance(inner, nn.Module):
+        model = type(inner).__name__
+    return {
+        "title": "Per-example difficulty scores",
+        "source": f"lightning_climate {__version__} DifficultyScores",
+        "run_id": run_id,
+        "model_class": type(pl_module).__name__,
+        "architecture": model if isinstance(model, str) else type(pl_module).__name__,
+        "seed": int(os.environ.get("PL_GLOBAL_SEED", "-1")),
+        "world_size": trainer.world_size,
+        "num_parameters": sum(p.numel() for p in pl_module.parameters()),
+        "callback_config": json.dumps(config),
+        "hparams": json.dumps(hparams, default=repr),
+        "conventions": (
+            "eval mode; margin on probabilities; forgetting with acc(-1)=0 over the recorded "
+            "epochs; VoG on the input gradient of p_y, channel-mean then variance over "
+            "records then pixel-mean; prediction depth = first probed layer from which all "
+            "k-NN probes agree with the network's prediction; NaN = not computed"
+        ),
+    }

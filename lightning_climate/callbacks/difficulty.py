@@ -262,6 +262,11 @@ class DifficultyScores(Callback):
         if trainer.is_global_zero:
             if self.run_id is None:
                 error = writer.refuse_foreign()
+                if self.scored and error is None:  # a checkpoint of a version before run ids
+                    rank_zero_warn(
+                        f"DifficultyScores: the checkpoint lists records {self.scored} of a score "
+                        f"file written by an earlier version; {writer.path} starts after them."
+                    )
             else:
                 try:
                     kept, messages = writer.resume(self.run_id, self.scored)

@@ -307,3 +307,16 @@ def test_records_missing_from_the_store_are_reported(
     ds = read(path)
     assert ds["epoch"].values.tolist() == [2, 3]
     np.testing.assert_array_equal(ds["loss"].values, reference["loss"].values[2:])
+
+
+def test_checkpoint_of_an_earlier_version_is_reported(
+    trainer_kwargs: dict[str, Any], tmp_path: Path
+) -> None:
+    callback = DifficultyScores(path=str(tmp_path / "s.zarr"))
+    callback.load_state_dict({"scored": [(0, 7)], "index_values": None, "accuracy_trace": []})
+    trainer = Trainer(max_epochs=2, callbacks=[callback], **trainer_kwargs)
+    with pytest.warns(
+        UserWarning, match=r"lists records \[\(0, 7\)\] of a score file written by an earlier"
+    ):
+        trainer.fit(TinyClassifier(), TinyDigits())
+    assert read(tmp_path / "s.zarr")["epoch"].values.tolist() == [1]  # epoch 0 was already scored

@@ -7,38 +7,14 @@ from typing import Any
 import pytest
 import torch
 from lightning.pytorch import Trainer
-from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from sam_helpers import ManualSAMNet, SaveParams, SmallNet
-from torch import Tensor, nn
+from sam_helpers import ManualSAMNet, SaveParams, SmallNet, reference_params
 
 from lightning_climate.callbacks import SharpnessAwareMinimization
 from lightning_climate.optim import SAM
 
 STEPS = 3
-
-
-def fp16_with_scaler() -> MixedPrecision:
-    # Trainer(precision="16-mixed") silently becomes bf16 on CPU; this is what it builds on a GPU.
-    return MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
-
-
-def reference_params(steps: int, batch_size: int = 16, **sam: Any) -> dict[str, Tensor]:
-    """The same training written as a plain PyTorch loop around the SAM optimizer."""
-    model = SmallNet(batch_size=batch_size)
-    opt = SAM.wrap(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), **sam).bind(model)
-    loader = model.train_dataloader()
-    for _, batch in zip(range(steps), loader, strict=False):
-
-        def closure(batch: dict[str, Tensor] = batch) -> Tensor:
-            opt.zero_grad()
-            loss = nn.functional.mse_loss(model(batch["x"]), batch["y"])
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-    return dict(model.named_parameters())
 
 
 @pytest.mark.parametrize(
@@ -122,27 +98,15 @@ def test_bf16_mixed_runs(trainer_kwargs: dict[str, Any]) -> None:
         torch.testing.assert_close(p, ref[n], atol=5e-2, rtol=5e-2)
 
 
-@pytest.mark.parametrize(
-    ("trainer_extra", "match"),
-    [
-        ({"plugins": [fp16_with_scaler()]}, "precision='bf16-mixed' or '32-true'"),
-        ({"accumulate_grad_batches": 2}, "Use accumulate_grad_batches=1"),
-    ],
-)
-def test_refused_trainer_settings(
-    trainer_kwargs: dict[str, Any], trainer_extra: dict[str, Any], match: str
-) -> None:
+def test_accumulation_refused(trainer_kwargs: dict[str, Any]) -> None:
     trainer = Trainer(
-        max_steps=1, callbacks=[SharpnessAwareMinimization()], **trainer_kwargs, **trainer_extra
+        max_steps=1,
+        accumulate_grad_batches=2,
+        callbacks=[SharpnessAwareMinimization()],
+        **trainer_kwargs,
     )
-    with pytest.raises(MisconfigurationException, match=match):
+    with pytest.raises(MisconfigurationException, match="Use accumulate_grad_batches=1"):
         trainer.fit(SmallNet())
-
-
-def test_sam_optimizer_refuses_16_mixed_and_accumulation(trainer_kwargs: dict[str, Any]) -> None:
-    trainer = Trainer(max_steps=1, plugins=[fp16_with_scaler()], **trainer_kwargs)
-    with pytest.raises(RuntimeError, match="precision='bf16-mixed' or '32-true'"):
-        trainer.fit(SmallNet(sam={"rho": 0.1}))
     trainer = Trainer(max_steps=1, accumulate_grad_batches=2, **trainer_kwargs)
     with pytest.raises(RuntimeError, match="accumulate_grad_batches=1"):
         trainer.fit(SmallNet(sam={"rho": 0.1}))
@@ -225,9 +189,9 @@ def run_ddp_vs_single(
     Trainer(devices=2, strategy="ddp_spawn", callbacks=[SaveParams(ddp_dir), *sam], **kwargs).fit(
         SmallNet(batch_size=8, n_samples=16, **net)
     )
-    single = torch.load(single_dir / "rank0.pt", weights_only=True)
+    single = torch.load(single_dir / "rank0.pt", weights_only=True)["state"]
     for rank in (0, 1):
-        ddp = torch.load(ddp_dir / f"rank{rank}.pt", weights_only=True)
+        ddp = torch.load(ddp_dir / f"rank{rank}.pt", weights_only=True)["state"]
         for name, value in single.items():
             torch.testing.assert_close(
                 ddp[name], value, atol=1e-5, rtol=1e-5, msg=f"rank {rank} {name}"

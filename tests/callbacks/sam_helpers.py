@@ -1,7 +1,6 @@
 """Module-level models and data for the SAM callback tests (picklable for ddp_spawn)."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: DDP checks the comm hook's annotations as objects.
 from pathlib import Path
 from typing import Any
 
@@ -9,9 +8,21 @@ import torch
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_climate.optim import SAM, in_perturbed_pass
+
+#: one entry per DDP gradient all-reduce in this process: whether it ran in SAM's perturbed pass.
+ALLREDUCES: list[bool] = []
+
+
+def counting_allreduce(
+    state: Any, bucket: torch.distributed.GradBucket
+) -> torch.futures.Future[torch.Tensor]:
+    """DDP communication hook: DDP's own all-reduce, recorded in :data:`ALLREDUCES`."""
+    ALLREDUCES.append(in_perturbed_pass())
+    return allreduce_hook(state, bucket)
 
 
 class RegressionSet(Dataset[dict[str, Tensor]]):
@@ -106,11 +117,17 @@ class InjectedNet(SmallNet):
 
 
 class SaveParams(Callback):
-    """Writes each rank's state dict, logged ``train_loss`` and the module's loss records at the
-    end of training to ``<dir>/rank<r>.pt``."""
+    """Writes each rank's state dict, logged ``train_loss``, the module's loss records and the
+    DDP all-reduces (counted by :func:`counting_allreduce`) at the end of training to
+    ``<dir>/rank<r>.pt``."""
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Lightning registers DDP communication hooks on CUDA only
+        if isinstance(trainer.strategy.model, nn.parallel.DistributedDataParallel):
+            trainer.strategy.model.register_comm_hook(None, counting_allreduce)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
@@ -119,6 +136,7 @@ class SaveParams(Callback):
             "state": state,
             "logged_loss": None if logged is None else float(logged),
             "records": getattr(pl_module, "records", []),
+            "allreduces": list(ALLREDUCES),
         }
         torch.save(run, self.directory / f"rank{trainer.global_rank}.pt")
 

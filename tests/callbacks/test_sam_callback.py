@@ -26,7 +26,13 @@ STEPS = 3
 
 
 @pytest.mark.parametrize(
-    "sam", [{"rho": 0.2}, {"rho": 1.0, "norm_only": True}, {"rho": 0.5, "adaptive": True}]
+    "sam",
+    [
+        {"rho": 0.2},
+        {"rho": 1.0, "norm_only": True},
+        {"rho": 0.5, "adaptive": True},
+        {"rho": 0.5, "every_n_steps": 2},
+    ],
 )
 def test_callback_equals_plain_sam_loop(
     trainer_kwargs: dict[str, Any], sam: dict[str, Any]
@@ -143,6 +149,10 @@ def test_bad_arguments() -> None:
         SharpnessAwareMinimization(rho=-0.1)
     with pytest.raises(ValueError, match="eta must be >= 0"):
         SharpnessAwareMinimization(eta=-1.0)
+    with pytest.raises(ValueError, match="perturbation must be 'global' or 'local'"):
+        SharpnessAwareMinimization(perturbation="per-device")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="every_n_steps must be an integer >= 1"):
+        SharpnessAwareMinimization(every_n_steps=0)
 
 
 def test_state_dict_round_trip() -> None:

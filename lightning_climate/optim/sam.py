@@ -28,6 +28,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 
 from lightning_climate.optim.norm import NormFilter, describe_selection, norm_parameters
@@ -84,6 +85,11 @@ def check_settings(
         )
     if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
         raise ValueError(f"{owner}: every_n_steps must be an integer >= 1, got {every_n_steps!r}.")
+
+
+def _local(tensors: list[Tensor]) -> list[Tensor]:
+    """This rank's shards of sharded (DTensor, FSDP2) tensors, in place; other tensors as they are."""
+    return [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
 
 
 def _silent_log(*args: Any, **kwargs: Any) -> None:
@@ -269,8 +275,14 @@ class SAM(Optimizer):
             return None
 
     def _no_sync(self) -> Any:
-        """Context that keeps DDP from all-reducing a backward, or ``None`` when not distributed."""
+        """Context that keeps DDP from all-reducing a backward, or ``None`` when not distributed.
+
+        Sharded (FSDP2) parameters get ``None``: their gradient shards are reduce-scattered in
+        every backward, and the norm over the DTensor shards is the global norm.
+        """
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return None
+        if self._sharded():
             return None
         trainer = self._trainer()
         if trainer is not None and hasattr(trainer.strategy, "block_backward_sync"):
@@ -278,6 +290,10 @@ class SAM(Optimizer):
         if isinstance(self._module, nn.parallel.DistributedDataParallel):
             return self._module.no_sync
         return None
+
+    def _sharded(self) -> bool:
+        """Whether the parameters are sharded DTensors (FSDP2's ``fully_shard``)."""
+        return any(isinstance(p, DTensor) for g in self.param_groups for p in g["params"])
 
     @contextlib.contextmanager
     def _first_pass(self, perturbed: list[tuple[Tensor, dict[str, Any]]]) -> Iterator[None]:
@@ -290,6 +306,12 @@ class SAM(Optimizer):
         no_sync = self._no_sync()
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         local = self.perturbation == "local"
+        if distributed and local and self._sharded():
+            raise RuntimeError(
+                "SAM(perturbation='local') is not available for sharded (FSDP2 / DTensor) "
+                "parameters: their gradients are reduce-scattered in every backward. Use "
+                "perturbation='global' (the perturbation then uses the global gradient norm)."
+            )
         if distributed and local and no_sync is None:
             raise RuntimeError(
                 "SAM(perturbation='local') under torch.distributed needs the DDP wrapper to skip "
@@ -440,7 +462,7 @@ class SAM(Optimizer):
             (p, s) for (p, _), s in zip(self._perturbed(), backups, strict=True) if s is not None
         ]
         if pairs:
-            torch._foreach_copy_([p for p, _ in pairs], [s for _, s in pairs])
+            torch._foreach_copy_(_local([p for p, _ in pairs]), _local([s for _, s in pairs]))
 
     def _passes(self, closure: Callable[[], Any], check_finite: bool) -> Any:
         """One step's forward-backward passes (two on a SAM step), weights restored after."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
@@ -14,7 +14,9 @@ from lightning_climate.optim.sam import SAM, check_settings
 
 __all__ = ["SharpnessAwareMinimization"]
 
-_REFUSED_STRATEGIES = (DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy)
+#: strategies whose optimizer sees flattened local shards (no global gradient norm per tensor);
+#: ModelParallelStrategy (FSDP2, DTensor parameters) is supported.
+_REFUSED_STRATEGIES = (DeepSpeedStrategy, FSDPStrategy)
 
 
 class SharpnessAwareMinimization(Callback):
@@ -35,9 +37,9 @@ class SharpnessAwareMinimization(Callback):
     optimizer's state and the step count.
 
     Refused, each with an error naming the fix: ``accumulate_grad_batches > 1``, manual
-    optimization (use :class:`SAM` directly), an optimizer that is already SAM, and the FSDP /
-    DeepSpeed / model-parallel strategies (their sharded parameters are not perturbable tensor
-    by tensor).
+    optimization (use :class:`SAM` directly), an optimizer that is already SAM, and the FSDP (v1)
+    and DeepSpeed strategies (their optimizer sees flattened local shards). Sharded FSDP2
+    parameters (``ModelParallelStrategy`` with ``fully_shard``) are supported.
 
     Caveat: the ``training_step`` output handed to ``on_train_batch_end`` is that of the second
     pass (Lightning keeps the closure's last result); the per-step loss is the first pass's.
@@ -90,7 +92,9 @@ class SharpnessAwareMinimization(Callback):
         if isinstance(trainer.strategy, _REFUSED_STRATEGIES):
             raise MisconfigurationException(
                 f"SharpnessAwareMinimization does not support {type(trainer.strategy).__name__}: "
-                "sharded parameters cannot be perturbed tensor by tensor. Use strategy='ddp'."
+                "its optimizer sees flattened local shards, so the perturbation's gradient norm "
+                "would not be global. Use strategy='ddp', or ModelParallelStrategy with "
+                "torch.distributed.fsdp.fully_shard in configure_model (FSDP2)."
             )
         if trainer.accumulate_grad_batches > 1:
             raise MisconfigurationException(

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +108,30 @@ def test_fsdp2_sharded_sam_equals_unsharded(tmp_path: Path) -> None:
                     full, p.detach(), atol=1e-6, rtol=1e-6, msg=f"{name} {n}"
                 )
         assert "not available for sharded" in results["local_error"]
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_lightning_model_parallel_strategy_equals_one_device(tmp_path: Path) -> None:
+    # Lightning's ModelParallelStrategy relaunches the script it runs in, so run it as a script
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "sam_fsdp_lightning.py"
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--accelerator",
+            "cpu",
+            "--devices",
+            "2",
+            "--variants",
+            "SAM",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+        check=True,
+    ).stdout
+    diffs = [float(d) for d in re.findall(r"one device\| = (\S+)", out)]
+    assert len(diffs) == 2  # optimizer and callback routes
+    assert max(diffs) < 1e-5

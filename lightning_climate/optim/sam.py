@@ -127,7 +127,9 @@ class SAM(Optimizer):
     (``configure_optimizers``, Lightning's ``optimizer_step``, a manual ``training_step``), SAM
     binds itself to that module; elsewhere call :meth:`bind`. A model with BatchNorm layers that
     is not bound is refused at the first step. The closure must zero the gradients before its
-    backward (Lightning's does); SAM zeroes them before the second pass.
+    backward (Lightning's does); SAM zeroes them before the second pass. With a GradScaler see
+    :meth:`both_passes` (Lightning's ``16-mixed`` uses it by itself). Sharded FSDP2 (DTensor)
+    parameters are perturbed shard by shard with the global gradient norm.
     """
 
     def __init__(

@@ -75,9 +75,10 @@ def test_unbound_batchnorm_model_refused_at_first_step() -> None:
     opt.bind(model).step(closure)
 
 
-def run_cli(tmp_path: Path, config: dict[str, Any]) -> dict[str, Any]:
+def run_cli(tmp_path: Path, config: dict[str, Any], **trainer: Any) -> dict[str, Any]:
     config["data"] = {"class_path": "sam_helpers.RegressionData"}
     config["trainer"] = {
+        **trainer,
         "max_steps": STEPS,
         "accelerator": "cpu",
         "logger": False,
@@ -118,6 +119,29 @@ def test_yaml_top_level_optimizer_accepted_and_bound(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="configure_optimizers` will be overridden"):
         run = run_cli(tmp_path, {"model": model, "optimizer": sam})
     assert_trained_bound(run, rho=0.5)
+
+
+def test_yaml_top_level_optimizer_under_16_mixed(tmp_path: Path) -> None:
+    # bound when Lightning asks for the optimizers (ClimateCLI), so 16-mixed works from step 1
+    sam = {
+        "class_path": "lightning_climate.optim.SAM",
+        "init_args": {"rho": 0.5, "base_optimizer": SGD},
+    }
+    model = {"class_path": "sam_helpers.SmallNet", "init_args": {"batchnorm": True}}
+    scaler = {
+        "class_path": "torch.amp.GradScaler",
+        "init_args": {"device": "cpu", "init_scale": 256.0},
+    }
+    plugin = {
+        "class_path": "lightning.pytorch.plugins.precision.MixedPrecision",
+        "init_args": {"precision": "16-mixed", "device": "cpu", "scaler": scaler},
+    }
+    with pytest.warns(UserWarning, match="configure_optimizers` will be overridden"):
+        run = run_cli(tmp_path, {"model": model, "optimizer": sam}, plugins=[plugin])
+    ref = reference_params(STEPS, batchnorm=True, rho=0.5)
+    for name, value in ref.items():
+        torch.testing.assert_close(run["state"][name], value, atol=2e-3, rtol=2e-3, msg=name)
+    assert [flag for _, flag in run["records"]] == [False, True] * STEPS
 
 
 @pytest.mark.parametrize("route", ["callback", "optimizer", "unbound optimizer"])

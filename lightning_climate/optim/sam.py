@@ -178,7 +178,7 @@ class SAM(Optimizer):
         self._module: nn.Module | None = None
         self._norm_ids: set[int] | None = None
         self._running_stat_modules: list[nn.modules.batchnorm._NormBase] = []
-        self._passes_done = False
+        self._pending: tuple[Any] | None = None  # (loss,) of both_passes, until its step
         self._searched_at_step = False
         self._bind_from_stack()
 
@@ -504,29 +504,33 @@ class SAM(Optimizer):
         Returns:
             The closure's value at the unperturbed point.
         """
-        self._passes_done = True
-        return self._passes(closure, check_finite=True)
+        self._pending = None
+        loss = self._passes(closure, check_finite=True)
+        self._pending = (loss,)
+        return loss
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """Run both passes of the closure and take the base optimizer's step.
 
-        Without a closure, only after :meth:`both_passes` (the GradScaler route): the base step.
+        Without a closure, only after :meth:`both_passes` (the GradScaler route): the base step,
+        returning the loss that :meth:`both_passes` returned.
 
         Returns:
             The closure's value at the unperturbed point (the loss to log), or ``None`` when the
             closure returned ``None`` (Lightning: ``training_step`` skipped the batch; no step).
         """
         if closure is None:
-            if not self._passes_done:
+            if self._pending is None:
                 self._bind_from_stack()
                 raise RuntimeError(
                     _UNBOUND_16_MIXED if scaler_of(self._module) is not None else _NO_CLOSURE
                 )
-            self._passes_done = False
+            (loss,) = self._pending
+            self._pending = None
             self.base_optimizer.step()
-            return None
-        self._passes_done = False
+            return loss
+        self._pending = None
         loss = self._passes(closure, check_finite=False)
         if loss is None:
             return None

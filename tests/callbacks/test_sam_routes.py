@@ -11,7 +11,7 @@ import torch
 import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.plugins.precision import MixedPrecision
-from sam_helpers import SaveParams, SmallNet, reference_params
+from sam_helpers import ManualSAMNet, SaveParams, SmallNet, reference_params
 from torch import Tensor, nn
 
 from lightning_climate.callbacks import SharpnessAwareMinimization
@@ -144,14 +144,13 @@ def test_yaml_top_level_optimizer_under_16_mixed(tmp_path: Path) -> None:
     assert [flag for _, flag in run["records"]] == [False, True] * STEPS
 
 
-@pytest.mark.parametrize("route", ["callback", "optimizer", "unbound optimizer"])
+@pytest.mark.parametrize("route", ["callback", "optimizer", "unbound optimizer", "manual"])
 def test_16_mixed_matches_fp32_sam(
     trainer_kwargs: dict[str, Any], tmp_path: Path, route: str
 ) -> None:
     sam = {"rho": 0.5}
-    model = SmallNet(
-        batchnorm=True, sam=None if route == "callback" else sam, bind=route == "optimizer"
-    )
+    net = ManualSAMNet if route == "manual" else SmallNet
+    model = net(batchnorm=True, sam=None if route == "callback" else sam, bind=route == "optimizer")
     callbacks = [SharpnessAwareMinimization(**sam)] if route == "callback" else []
     plugin = fp16_with_scaler(init_scale=2.0**8)  # 2**16 overflows this model's fp16 passes
     Trainer(max_steps=STEPS, plugins=[plugin], callbacks=callbacks, **trainer_kwargs).fit(model)

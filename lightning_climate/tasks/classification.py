@@ -60,6 +60,7 @@ class ClassificationTask(BaseTask):
             raise ValueError(f"loss must be one of ['ce'], got {loss!r}.")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}.")
+        name = model if isinstance(model, str) else None
         if isinstance(model, str):
             warnings.warn(
                 f"ClassificationTask(model={model!r}) is deprecated; pass a module, in YAML "
@@ -69,7 +70,14 @@ class ClassificationTask(BaseTask):
                 stacklevel=2,
             )
             model = TimmModel(model, num_classes, in_channels, model_kwargs)
+        elif model_kwargs:
+            raise ValueError(
+                "model_kwargs applies to a timm model name only; give those arguments to the "
+                "module itself, e.g. TimmModel(name, num_classes, in_channels, model_kwargs={...})."
+            )
         super().__init__(model, optimizer=optimizer, lr_scheduler=lr_scheduler)
+        if name is not None:  # kept in hparams, so load_from_checkpoint(path) rebuilds the network
+            self.hparams["model"] = name
 
     def configure_losses(self) -> None:
         """Cross-entropy with label smoothing."""

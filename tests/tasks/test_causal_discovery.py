@@ -13,12 +13,43 @@ from lightning.pytorch import Callback, LightningModule, Trainer, seed_everythin
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_climate.datamodules import BaseDataModule, CausalSyntheticDataModule
+from lightning_climate.datamodules import (
+    BaseDataModule,
+    CausalSyntheticDataModule,
+    ClimateSetDataModule,
+)
+from lightning_climate.datamodules.causal_synthetic import blocked_window_starts
+from lightning_climate.datasets.causal_synthetic import read_causal_synthetic
 from lightning_climate.main import main
 from lightning_climate.metrics.graph import edge_counts, match_latents, permute_graph
+from lightning_climate.models import CDSD
 from lightning_climate.tasks import CausalDiscoveryTask
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
+
+
+def cdsd(num_locations: int, num_latents: int, num_variables: int = 1, **kwargs: Any) -> CDSD:
+    """A CDSD model (linear transition and one lag unless told)."""
+    return CDSD(
+        num_variables=num_variables,
+        num_locations=num_locations,
+        num_latents=num_latents,
+        **kwargs,
+    )
+
+
+def synthetic(tmp_path: Path, **kwargs: Any) -> CausalSyntheticDataModule:
+    """A generated 4 x 4 data set with 3 latents (``kwargs`` override)."""
+    args: dict[str, Any] = {
+        "root": tmp_path / "data",
+        "num_latents": 3,
+        "height": 4,
+        "width": 4,
+        "num_timesteps": 200,
+        "block_length": 100,
+        "generate": True,
+    }
+    return CausalSyntheticDataModule(**(args | kwargs))
 
 
 class _AssertNonNegative(Callback):
@@ -50,11 +81,10 @@ def test_learned_graph_beats_random_graphs_and_constraints_hold(
 ) -> None:
     seed_everything(0)
     dm = CausalSyntheticDataModule(
-        root=tmp_path / "data", num_latents=6, num_timesteps=1000, batch_size=16
+        root=tmp_path / "data", num_latents=6, num_timesteps=1000, batch_size=16, generate=True
     )
     task = CausalDiscoveryTask(
-        num_locations=64,
-        num_latents=6,
+        cdsd(64, 6),
         alm_window=1,
         optimizer=functools.partial(torch.optim.Adam, lr=1e-2),
     )
@@ -87,9 +117,9 @@ def test_learned_graph_beats_random_graphs_and_constraints_hold(
     (tested,) = trainer.test(task, dm)
     assert tested["test_SHD"] == shd and tested["test_F1"] == pytest.approx(f1)
     targets = torch.stack([dm.test_dataset[i]["x"][1:] for i in range(len(dm.test_dataset))])
-    zero_forecast_mse = float(
-        targets.pow(2).mean()
-    )  # forecasting the training mean (0 after z-scoring)
+    # forecasting the training mean (0 after z-scoring with the training statistics)
+    stats = dm.train_statistics()
+    zero_forecast_mse = float(((targets - stats["x_mean"]) / stats["x_std"]).pow(2).mean())
     print(
         f"test one-step MSE {tested['test_prediction_MSE']:.3f} vs {zero_forecast_mse:.3f} for the mean"
     )
@@ -98,8 +128,7 @@ def test_learned_graph_beats_random_graphs_and_constraints_hold(
 
 def test_lagrangian_update_rule() -> None:
     task = CausalDiscoveryTask(
-        num_locations=6,
-        num_latents=3,
+        cdsd(6, 3),
         alm_window=2,
         alm_rtol=0.01,
         ortho_mu_init=2.0,
@@ -139,21 +168,26 @@ def test_lagrangian_update_rule() -> None:
 
 def test_batch_layouts_give_the_same_loss_and_bad_batches_name_the_fix() -> None:
     torch.manual_seed(0)
-    task = CausalDiscoveryTask(num_locations=12, num_variables=2, num_latents=3, num_lags=2)
+    task = CausalDiscoveryTask(cdsd(12, 3, num_variables=2, num_lags=2))
     task.eval()
     x = torch.randn(4, 3, 2, 3, 4)
     with torch.no_grad():
         grid = task.model(task._windows({"x": x})).reconstruction
         flat = task.model(task._windows({"x": x.flatten(3)})).reconstruction
     assert grid == flat
-    single = CausalDiscoveryTask(num_locations=12, num_latents=3, input_key="y")
+    single = CausalDiscoveryTask(cdsd(12, 3), input_key="y")
     assert single._windows({"y": torch.randn(4, 3, 12)}).shape == (4, 3, 1, 12)
     with pytest.raises(KeyError, match=r"no key 'y' \(keys: \['index', 'x'\]\).*input_key"):
         single._windows({"x": x, "index": torch.arange(4)})
     with pytest.raises(ValueError, match=r"expected \(B, T, C, H, W\)"):
         single._windows({"y": torch.randn(4, 12)})
     with pytest.raises(ValueError, match="ortho_omega must be in"):
-        CausalDiscoveryTask(num_locations=12, ortho_omega=0.0)
+        CausalDiscoveryTask(cdsd(12, 3), ortho_omega=0.0)
+    with pytest.raises(TypeError, match=r"needs a CDSD model \(YAML: `model: \{class_path: CDSD"):
+        CausalDiscoveryTask(torch.nn.Linear(2, 2))  # type: ignore[arg-type]
+    grouped = CausalDiscoveryTask(cdsd(12, 3), group_key="model_id")
+    with pytest.raises(KeyError, match=r"no key 'model_id' \(keys: \['index', 'x'\]\).*group_key"):
+        grouped._windows({"x": x[:, :, :1], "index": torch.arange(4)})
 
 
 class _AssertRestored(Callback):
@@ -173,17 +207,8 @@ def test_lagrangian_state_and_data_stats_travel_with_checkpoints(
     tmp_path: Path, trainer_kwargs: dict[str, Any]
 ) -> None:
     seed_everything(0)
-    dm = CausalSyntheticDataModule(
-        root=tmp_path / "data",
-        num_latents=3,
-        height=4,
-        width=4,
-        num_timesteps=200,
-        block_length=100,
-    )
-    task = CausalDiscoveryTask(
-        num_locations=16, num_latents=3, alm_window=1, ortho_mu_mult=2.0, ortho_omega=0.01
-    )
+    dm = synthetic(tmp_path)
+    task = CausalDiscoveryTask(cdsd(16, 3), alm_window=1, ortho_mu_mult=2.0, ortho_omega=0.01)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     trainer = Trainer(max_epochs=3, limit_train_batches=2, callbacks=[ckpt], **trainer_kwargs)
     trainer.fit(task, dm)
@@ -199,17 +224,35 @@ def test_lagrangian_state_and_data_stats_travel_with_checkpoints(
     assert int(state["alm_updates"]) == 3 and float(state["alm_mu"]) == 4.0
     assert state["alm_gamma"].abs().max() > 0
 
-    loaded = CausalDiscoveryTask.load_from_checkpoint(ckpt.last_model_path)
+    # the window normaliser holds the mean and std of the training parts of the series only
+    series = read_causal_synthetic(dm.path)["x"]
+    *_, train_ranges = blocked_window_starts(len(series), 100, 2, dm.fractions)
+    values = torch.cat([torch.as_tensor(series[lo:hi]).flatten() for lo, hi in train_ranges])
+    mean, std = float(values.double().mean()), float(values.double().std(unbiased=False))
+    normalizer = task.normalizers["x"]
+    assert normalizer.shift.item() == pytest.approx(mean, rel=1e-5, abs=1e-6)
+    assert normalizer.scale.item() == pytest.approx(std, rel=1e-5)
+
+    loaded = CausalDiscoveryTask.load_from_checkpoint(ckpt.last_model_path, model=cdsd(16, 3))
     for name, value in state.items():
         torch.testing.assert_close(getattr(loaded, name), value, rtol=0, atol=0, equal_nan=True)
     assert torch.equal(loaded.model.mixing, task.model.mixing)
+    assert bool(loaded.normalizers["x"].fitted)
+    assert torch.equal(loaded.normalizers["x"].shift, normalizer.shift)
+    assert torch.equal(loaded.normalizers["x"].scale, normalizer.scale)
+    batch = next(iter(dm.val_dataloader()))
+    task.eval()
+    loaded.eval()
+    torch.testing.assert_close(
+        loaded.predict_step(batch, 0)["prediction"], task.predict_step(batch, 0)["prediction"]
+    )
     saved = torch.load(ckpt.last_model_path, weights_only=True)
-    assert saved["CausalSyntheticDataModule"] == {"mean": dm.mean, "std": dm.std}
+    assert saved["CausalSyntheticDataModule"] == {"train_statistics": dm.train_statistics()}
 
     restored = _AssertRestored(state)
     resumed = Trainer(max_epochs=4, limit_train_batches=2, callbacks=[restored], **trainer_kwargs)
     resumed.fit(
-        CausalDiscoveryTask(num_locations=16, num_latents=3, alm_window=1),
+        CausalDiscoveryTask(cdsd(16, 3), alm_window=1),
         dm,
         ckpt_path=ckpt.last_model_path,
     )
@@ -258,7 +301,7 @@ def test_climateset_example_config_runs_through_the_cli(tmp_path: Path) -> None:
             "[2015, 2024]",
             "--data.init_args.test_years",
             "[2015, 2016]",
-            "--model.init_args.num_locations",
+            "--model.init_args.model.init_args.num_locations",
             "96",
         ]
     )
@@ -272,22 +315,18 @@ def test_climateset_example_config_runs_through_the_cli(tmp_path: Path) -> None:
 def test_predict_returns_one_step_forecasts_with_index(
     tmp_path: Path, trainer_kwargs: dict[str, Any]
 ) -> None:
-    dm = CausalSyntheticDataModule(
-        root=tmp_path / "data",
-        num_latents=3,
-        height=4,
-        width=4,
-        num_timesteps=200,
-        block_length=100,
-        window_length=3,
-    )
+    dm = synthetic(tmp_path, window_length=3)
     dm.prepare_data()
-    task = CausalDiscoveryTask(num_locations=16, num_latents=3)
+    task = CausalDiscoveryTask(cdsd(16, 3))
+    task.normalizers["x"].fit(dm.train_statistics())
     batches = Trainer(**trainer_kwargs).predict(task, dm)
     assert batches[0]["prediction"].shape == (16, 2, 1, 16)
     assert torch.equal(batches[0]["index"], torch.arange(16))
     task.eval()  # deterministic: posterior means and edge probabilities
-    expected = task(dm.predict_dataset[0]["x"].flatten(2)[None])
+    # the datamodule gives physical values; the task forecasts their standardised windows
+    stats = dm.train_statistics()
+    window = (dm.predict_dataset[0]["x"] - stats["x_mean"]) / stats["x_std"]
+    expected = task(window.flatten(2)[None])
     torch.testing.assert_close(batches[0]["prediction"][0, -1], expected[0])
 
 
@@ -318,8 +357,7 @@ class _AssertRanksAgree(Callback):
 def _ddp_task() -> CausalDiscoveryTask:
     # seasonal_period=2 on 2-step windows: each rank computes the statistics from the full train loader.
     return CausalDiscoveryTask(
-        num_locations=16,
-        num_latents=3,
+        cdsd(16, 3),
         alm_window=1,
         ortho_mu_mult=2.0,
         ortho_omega=0.01,
@@ -333,14 +371,7 @@ def _ddp_task() -> CausalDiscoveryTask:
 def test_ddp_keeps_mixing_non_negative_and_ranks_in_step(
     tmp_path: Path, trainer_kwargs: dict[str, Any]
 ) -> None:
-    dm = CausalSyntheticDataModule(
-        root=tmp_path / "data",
-        num_latents=3,
-        height=4,
-        width=4,
-        num_timesteps=200,
-        block_length=100,
-    )
+    dm = synthetic(tmp_path)
     dm.prepare_data()
     out = tmp_path / "state.pt"
     trainer = Trainer(
@@ -385,17 +416,23 @@ class _CalendarDataModule(BaseDataModule):
         self.train_dataset = _CalendarWindows(40)
         self.val_dataset = _CalendarWindows(8)
 
+    def compute_train_statistics(self) -> dict[str, torch.Tensor]:
+        y = self.train_dataset.x
+        return {"y_mean": y.mean(), "y_std": y.std()}
+
+
+def _calendar_task(period: int = 12) -> CausalDiscoveryTask:
+    return CausalDiscoveryTask(cdsd(6, 2, num_variables=2), input_key="y", seasonal_period=period)
+
 
 def test_seasonal_anomalies_use_training_statistics_per_month_and_cell(
     tmp_path: Path, trainer_kwargs: dict[str, Any]
 ) -> None:
-    task = CausalDiscoveryTask(
-        num_locations=6, num_variables=2, num_latents=2, input_key="y", seasonal_period=12
-    )
+    task = _calendar_task()
     train = _CalendarWindows(40)
     with pytest.raises(RuntimeError, match=r"seasonal statistics are missing; run trainer\.fit"):
         task._windows({"y": train.x})
-    task.fit_seasonal_statistics(DataLoader(train, batch_size=7))
+    task.fit_seasonal_statistics(DataLoader(train, batch_size=7))  # normaliser unfitted: identity
     torch.testing.assert_close(task.seasonal_mean, train.x.mean(0))
     torch.testing.assert_close(task.seasonal_std, train.x.std(0, unbiased=False))
     anomalies = task._windows({"y": train.x})
@@ -404,20 +441,61 @@ def test_seasonal_anomalies_use_training_statistics_per_month_and_cell(
         anomalies.std(0, unbiased=False), torch.ones(12, 2, 6), atol=1e-5, rtol=0
     )
 
-    short = CausalDiscoveryTask(
-        num_locations=6, num_variables=2, num_latents=2, input_key="y", seasonal_period=24
-    )
     with pytest.raises(ValueError, match="never reach some phase of seasonal_period=24"):
-        short.fit_seasonal_statistics(DataLoader(train, batch_size=7))
+        _calendar_task(24).fit_seasonal_statistics(DataLoader(train, batch_size=7))
 
-    # In fit, the statistics come from the datamodule's training loader and go into checkpoints.
-    fitted = CausalDiscoveryTask(
-        num_locations=6, num_variables=2, num_latents=2, input_key="y", seasonal_period=12
-    )
+    # In fit, the window normaliser is fitted first, then the seasonal statistics come from the
+    # datamodule's training loader in normalised units; both go into checkpoints.
+    fitted = _calendar_task()
     trainer = Trainer(max_epochs=1, limit_train_batches=2, **trainer_kwargs)
     trainer.fit(fitted, _CalendarDataModule(batch_size=8))
-    torch.testing.assert_close(fitted.seasonal_mean, train.x.mean(0))
+    mean, std = train.x.mean(), train.x.std()
+    assert fitted.normalizers["y"].shift.item() == pytest.approx(float(mean))
+    torch.testing.assert_close(fitted.seasonal_mean, (train.x.mean(0) - mean) / std)
+    torch.testing.assert_close(fitted.seasonal_std, train.x.std(0, unbiased=False) / std)
+    # the anomalies do not depend on that standardisation
+    torch.testing.assert_close(fitted._windows({"y": train.x}), anomalies, atol=1e-4, rtol=0)
     path = tmp_path / "seasonal.ckpt"
     trainer.save_checkpoint(path)
-    loaded = CausalDiscoveryTask.load_from_checkpoint(path)
+    loaded = CausalDiscoveryTask.load_from_checkpoint(path, model=cdsd(6, 2, num_variables=2))
     assert bool(loaded.seasonal_ready) and torch.equal(loaded.seasonal_std, fitted.seasonal_std)
+    assert torch.equal(loaded.normalizers["y"].scale, fitted.normalizers["y"].scale)
+
+
+def test_group_key_standardises_each_climate_model_with_its_statistics(
+    climateset_root: Path, trainer_kwargs: dict[str, Any]
+) -> None:
+    models = ["NorESM2-LM", "MPI-ESM1-2-HR"]
+    dm = ClimateSetDataModule(
+        root=str(climateset_root),
+        climate_models=models,
+        in_vars=["CO2_sum"],
+        out_vars=["tas", "pr"],
+        train_years=(2015, 2018),
+        test_years=(2015, 2016),
+        val_fraction=0.25,
+        batch_size=4,
+    )
+
+    def task(group_key: str | None) -> CausalDiscoveryTask:
+        return CausalDiscoveryTask(cdsd(96, 4, num_variables=2), input_key="y", group_key=group_key)
+
+    grouped = task("model_id")
+    fit = {"max_steps": 1, "limit_val_batches": 0, **trainer_kwargs}
+    Trainer(**fit).fit(grouped, dm)
+    shift, scale = grouped.normalizers["y"].shift, grouped.normalizers["y"].scale
+    assert shift.shape == scale.shape == (2, 2)  # (climate models, variables)
+    samples = list(dm.train_dataset)
+    for model_id, name in enumerate(models):
+        y = torch.stack([s["y"] for s in samples if int(s["model_id"]) == model_id])
+        assert len(y) > 0, name
+        ids = torch.full((len(y),), model_id)
+        windows = grouped._windows({"y": y, "model_id": ids})  # (B, 12, 2, 96)
+        # every climate model's windows have zero mean and unit std per variable
+        per_variable = windows.transpose(1, 2).flatten(2).transpose(0, 1).flatten(1)
+        torch.testing.assert_close(per_variable.mean(1), torch.zeros(2), atol=1e-4, rtol=0)
+        torch.testing.assert_close(per_variable.std(1), torch.ones(2), atol=1e-2, rtol=0)
+        # the other model's statistics leave a bias 10x the tolerance above in each variable
+        other = grouped._windows({"y": y, "model_id": 1 - ids})
+        bias = other.transpose(1, 2).flatten(2).transpose(0, 1).flatten(1).mean(1)
+        assert (bias.abs() > 1e-3).all(), bias

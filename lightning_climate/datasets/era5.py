@@ -100,6 +100,18 @@ def _expver_order(ds: Any) -> tuple[int, ...]:
     return tuple(sorted(range(len(values)), key=key))
 
 
+def _as_timedelta(step: Any) -> np.ndarray:
+    """Forecast steps as timedelta64[s], decoded or numbers with CF units (cfgrib: hours)."""
+    values = step.values
+    if values.dtype.kind == "m":
+        return values.astype("timedelta64[s]")
+    unit = str(step.attrs.get("units", "hours")).strip().lower()
+    seconds = {"d": 86400, "h": 3600, "m": 60, "s": 1}.get(unit[:1])
+    if seconds is None or unit.startswith("months"):
+        raise ValueError(f"forecast step units {unit!r} are not days, hours, minutes or seconds.")
+    return (np.asarray(values, dtype=np.float64) * seconds).round().astype("timedelta64[s]")
+
+
 def _valid_window(ds: Any) -> tuple[np.datetime64, np.datetime64] | None:
     """ARCO-ERA5's ``valid_time_start``/``valid_time_stop``: the store holds NaN outside them."""
     start, stop = ds.attrs.get("valid_time_start"), ds.attrs.get("valid_time_stop")
@@ -363,14 +375,17 @@ class ERA5Dataset(Dataset[dict[str, Tensor]]):
                 f"variable {name!r} in {source} has no time dimension (expected one of "
                 f"{_TIME_NAMES}); it has {var.dims}."
             )
-        valid = ds[tdim].values.astype("datetime64[s]")
-        dims: tuple[str, ...] = (tdim,)
-        step = ds.coords.get(_STEP_NAME)
-        if step is not None and _STEP_NAME in var.dims:
-            valid = (valid[:, None] + step.values.astype("timedelta64[s]")[None, :]).ravel()
-            dims = (tdim, _STEP_NAME)
-        elif step is not None and step.ndim == 0:  # cfgrib: one forecast step, dropped as a dim
-            valid = valid + step.values.astype("timedelta64[s]")
+        dims = (tdim, _STEP_NAME) if _STEP_NAME in var.dims else (tdim,)
+        given = ds.coords.get("valid_time")
+        if given is not None and tdim != "valid_time" and given.dims == dims:
+            valid = given.values.astype("datetime64[s]").ravel()  # cfgrib's own time + step
+        else:
+            valid = ds[tdim].values.astype("datetime64[s]")
+            step = ds.coords.get(_STEP_NAME)
+            if step is not None and (step.ndim == 0 or _STEP_NAME in var.dims):
+                # a step per column, or one step (a scalar after cfgrib squeezes its dimension)
+                offset = np.atleast_1d(_as_timedelta(step))
+                valid = (valid[:, None] + offset[None, :]).ravel()
         expver = _expver_order(ds) if _EXPVER_NAME in var.dims else None
         return valid, _Layout(dims, tuple(var.sizes[d] for d in dims), expver)
 

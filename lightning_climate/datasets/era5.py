@@ -370,17 +370,19 @@ class ERA5Dataset(Dataset[dict[str, Tensor]]):
     def _times(ds: Any, var: Any, name: str, source: Source) -> tuple[np.ndarray, _Layout]:
         """Valid times of every (time[, step]) cell of ``var``, flattened, and its layout."""
         tdim = _dim(var, _TIME_NAMES)
-        if tdim is None:
+        # cfgrib drops dimensions of size 1: a file with one time holds it as a scalar
+        tname = tdim or next((n for n in _TIME_NAMES if n in ds.coords and ds[n].ndim == 0), None)
+        if tname is None:
             raise ValueError(
                 f"variable {name!r} in {source} has no time dimension (expected one of "
                 f"{_TIME_NAMES}); it has {var.dims}."
             )
-        dims = (tdim, _STEP_NAME) if _STEP_NAME in var.dims else (tdim,)
+        dims = () if tdim is None else (tdim, _STEP_NAME) if _STEP_NAME in var.dims else (tdim,)
         given = ds.coords.get("valid_time")
-        if given is not None and tdim != "valid_time" and given.dims == dims:
-            valid = given.values.astype("datetime64[s]").ravel()  # cfgrib's own time + step
+        if given is not None and given.dims == dims:
+            valid = np.atleast_1d(given.values.astype("datetime64[s]")).ravel()
         else:
-            valid = ds[tdim].values.astype("datetime64[s]")
+            valid = np.atleast_1d(ds[tname].values.astype("datetime64[s]"))
             step = ds.coords.get(_STEP_NAME)
             if step is not None and (step.ndim == 0 or _STEP_NAME in var.dims):
                 # a step per column, or one step (a scalar after cfgrib squeezes its dimension)

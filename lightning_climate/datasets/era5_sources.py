@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import importlib
 import os
 import zipfile
 from collections.abc import Sequence
@@ -145,6 +146,29 @@ def _open_zip_member(url: str, stack: contextlib.ExitStack) -> Any:
     )
 
 
+def _open_grib(path: Path, stack: contextlib.ExitStack) -> Any:
+    """Open a GRIB file through cfgrib; one holding several kinds of fields is an error."""
+    try:
+        cfgrib = importlib.import_module("cfgrib")
+    except ModuleNotFoundError as err:
+        raise ModuleNotFoundError(
+            f"reading the GRIB file {path} needs cfgrib: `pip install 'lightning-climate[grib]'`."
+        ) from err
+    # indexpath="": no .idx files written beside the user's data
+    parts = cfgrib.open_datasets(path, backend_kwargs={"indexpath": ""}, chunks=None, cache=False)
+    for part in parts:
+        stack.callback(part.close)
+    if len(parts) != 1:
+        kinds = [sorted(map(str, part.data_vars)) for part in parts]
+        raise ValueError(
+            f"{path} holds {len(parts)} kinds of fields that do not share coordinates ({kinds}; "
+            "e.g. instantaneous and accumulated, or surface and pressure levels). Split it into "
+            f"one file per kind with ecCodes, `grib_copy {path} '{path.stem}_[stepType]_"
+            "[typeOfLevel].grib'`, or download those variables in separate requests."
+        )
+    return parts[0]
+
+
 def _open_url(url: str, storage_options: dict[str, Any] | None) -> Any:
     xr = lazy_import("xarray")
     lazy_import("zarr")
@@ -187,11 +211,7 @@ def open_era5_source(source: Source, storage_options: dict[str, Any] | None = No
             lazy_import("zarr")
             ds = xr.open_dataset(source, engine="zarr", chunks=None, cache=False)
         elif source.suffix.lower() in _GRIB:
-            lazy_import("cfgrib")
-            # indexpath="": no .idx files written beside the user's data
-            ds = xr.open_dataset(
-                source, engine="cfgrib", chunks=None, cache=False, backend_kwargs={"indexpath": ""}
-            )
+            ds = _open_grib(source, opened.stack)
         else:
             ds = xr.open_dataset(source, chunks=None, cache=False)
     except BaseException:

@@ -6,6 +6,7 @@ import os
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from lightning_climate.datamodules.base import BaseDataModule
@@ -42,6 +43,11 @@ class ERA5DataModule(BaseDataModule):
         batch_size: samples per batch.
         num_workers: DataLoader workers (each reopens the files lazily).
         seed: unused by the date split; kept for the common datamodule signature.
+        storage_options: fsspec options for Zarr URLs; ``None`` reads ``gs://`` and ``s3://``
+            anonymously (see :class:`~lightning_climate.datasets.ERA5Dataset`).
+
+    Raises:
+        ValueError: if a date range ends before it starts or two ranges overlap.
     """
 
     def __init__(
@@ -58,6 +64,7 @@ class ERA5DataModule(BaseDataModule):
         batch_size: int = 8,
         num_workers: int = 0,
         seed: int = 0,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         if normalization not in ("none", "minmax", "zscore", "scale"):
@@ -70,6 +77,8 @@ class ERA5DataModule(BaseDataModule):
         self.levels = None if levels is None else list(levels)
         self.factor = factor
         self.ranges = {"train": train_range, "val": val_range, "test": test_range}
+        _check_disjoint(self.ranges)
+        self.storage_options = storage_options
         self.patch_size = patch_size
         self.normalization = normalization
         self.normalizer: FieldNormalizer | None = None
@@ -89,6 +98,7 @@ class ERA5DataModule(BaseDataModule):
             None if time_range is None else (str(time_range[0]), str(time_range[1])),
             self.patch_size,
             self.normalizer,
+            storage_options=self.storage_options,
         )
 
     def setup(self, stage: str) -> None:
@@ -100,6 +110,7 @@ class ERA5DataModule(BaseDataModule):
             self.factor,
             None if self.ranges["train"] is None else tuple(map(str, self.ranges["train"])),
             self.patch_size,
+            storage_options=self.storage_options,
         )
         self.channels = train.channels
         if self.normalizer is None:
@@ -163,3 +174,25 @@ class ERA5DataModule(BaseDataModule):
         self._loaded_state = dict(state_dict)
         if self.normalizer is not None:
             self._apply_state(self._loaded_state)
+
+
+def _check_disjoint(ranges: dict[str, tuple[str, str] | None]) -> None:
+    """Inclusive date ranges must be ordered and must not share a time (no leakage)."""
+    bounds = {}
+    for split, span in ranges.items():
+        if span is None:
+            continue
+        start, end = (np.datetime64(str(t), "s") for t in span)
+        if end < start:
+            raise ValueError(f"{split}_range {span} ends before it starts; give [start, end].")
+        bounds[split] = (start, end, span)
+    names = list(bounds)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            (a0, a1, a_span), (b0, b1, b_span) = bounds[a], bounds[b]
+            if a0 <= b1 and b0 <= a1:
+                raise ValueError(
+                    f"{a}_range {a_span} and {b}_range {b_span} overlap (both include "
+                    f"{max(a0, b0)}); make the splits disjoint, e.g. end {a}_range before "
+                    f"{b}_range starts."
+                )

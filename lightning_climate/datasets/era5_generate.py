@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -44,8 +45,9 @@ def generate_era5(
     levels: Sequence[int] = (850, 500),
     naming: Literal["cds", "cfgrib"] = "cds",
     seed: int = 0,
+    file_format: Literal["netcdf", "zarr"] = "netcdf",
 ) -> list[Path]:
-    """Write one ERA5-format NetCDF file per year, ``era5_<year>.nc``, under ``root``.
+    """Write one ERA5-format file per year, ``era5_<year>.nc`` (or ``.zarr``), under ``root``.
 
     Variables: single-level ``t2m`` (K) and ``tcw`` (kg m-2, positive), pressure-level ``t`` (K)
     and ``z`` (m2 s-2), on a regular global grid from 90 to -90 degrees latitude and from 0
@@ -53,6 +55,10 @@ def generate_era5(
     (``valid_time`` in seconds since 1970, ``pressure_level``); ``"cfgrib"`` the cfgrib layout
     (``time``, ``isobaricInhPa``). Fields are smooth and seeded, with a seasonal cycle and a
     latitude gradient. Existing files are kept (idempotent); files are written atomically.
+
+    Every variable is stored one field per chunk with a checksum, so damaged bytes are reported
+    on read instead of read as values: NetCDF4 with HDF5's Fletcher-32 filter
+    (``fletcher32=True``); Zarr with the CRC-32C codec of zarr 3 (zarr 2 has none: no checksum).
     """
     xr = lazy_import("xarray")
     root = Path(root)
@@ -67,9 +73,11 @@ def generate_era5(
             "isobaricInhPa",
         )
     )
+    if file_format not in ("netcdf", "zarr"):
+        raise ValueError(f"file_format must be 'netcdf' or 'zarr', got {file_format!r}.")
     written = []
     for year in years:
-        path = root / f"era5_{year}.nc"
+        path = root / f"era5_{year}.{'nc' if file_format == 'netcdf' else 'zarr'}"
         written.append(path)
         if path.exists():
             continue
@@ -120,26 +128,53 @@ def generate_era5(
                 "source": "lightning_climate.datasets.era5_generate.generate_era5 (synthetic)",
             },
         )
-        encoding = {
-            time_name: {"units": "seconds since 1970-01-01", "calendar": "proleptic_gregorian"}
-        }
-        with atomic_path(path) as tmp:
-            ds.to_netcdf(tmp, engine="h5netcdf", encoding=encoding)
+        _write(ds, path, time_name)
     return written
+
+
+def _write(ds: Any, path: Path, time_name: str) -> None:
+    """Write ``ds`` atomically, one field per chunk, every chunk checksummed where possible."""
+    time = {time_name: {"units": "seconds since 1970-01-01", "calendar": "proleptic_gregorian"}}
+    fields = {name: (1,) * (ds[name].ndim - 2) + ds[name].shape[-2:] for name in ds.data_vars}
+    with atomic_path(path) as tmp:
+        if path.suffix == ".nc":
+            encoding = {
+                name: {"chunksizes": chunks, "fletcher32": True} for name, chunks in fields.items()
+            }
+            ds.to_netcdf(tmp, engine="h5netcdf", encoding={**encoding, **time})
+            return
+        zarr = lazy_import("zarr")
+        checksum = getattr(zarr.codecs, "Crc32cCodec", None)  # zarr>=3
+        tmp.unlink()  # a store is a directory
+        try:
+            encoding = {name: {"chunks": chunks} for name, chunks in fields.items()}
+            if checksum is not None:
+                for name in encoding:
+                    encoding[name]["compressors"] = [zarr.codecs.ZstdCodec(), checksum()]
+            ds.to_zarr(tmp, mode="w", encoding={**encoding, **time}, consolidated=False)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def _cli(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        description="Write ERA5-format NetCDF files (synthetic fields)."
+        description="Write ERA5-format NetCDF or Zarr files (synthetic fields)."
     )
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--years", type=int, nargs="+", default=[2000])
     parser.add_argument("--hours", type=int, default=24, help="time step in hours")
     parser.add_argument("--grid", type=int, nargs=2, default=[33, 64], help="n_lat n_lon")
     parser.add_argument("--naming", choices=["cds", "cfgrib"], default="cds")
+    parser.add_argument("--format", choices=["netcdf", "zarr"], default="netcdf")
     args = parser.parse_args(argv)
     for path in generate_era5(
-        args.out, args.years, args.hours, tuple(args.grid), naming=args.naming
+        args.out,
+        args.years,
+        args.hours,
+        tuple(args.grid),
+        naming=args.naming,
+        file_format=args.format,
     ):
         print(path)
 

@@ -13,6 +13,7 @@ import contextlib
 import glob
 import importlib
 import os
+import warnings
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -209,7 +210,10 @@ def open_era5_source(source: Source, storage_options: dict[str, Any] | None = No
             ds = _open_url(source, storage_options)
         elif _is_zarr_dir(source):
             lazy_import("zarr")
-            ds = xr.open_dataset(source, engine="zarr", chunks=None, cache=False)
+            with warnings.catch_warnings():
+                # stores without consolidated metadata (as generate_era5 writes them) are fine
+                warnings.filterwarnings("ignore", "Failed to open Zarr store with consolidated")
+                ds = xr.open_dataset(source, engine="zarr", chunks=None, cache=False)
         elif source.suffix.lower() in _GRIB:
             ds = _open_grib(source, opened.stack)
         else:

@@ -129,9 +129,9 @@ def _load(var: Any, name: str, source: Source) -> np.ndarray:
         return np.asarray(var.values, dtype=np.float32)
     except (OSError, RuntimeError, ValueError) as err:
         raise OSError(
-            f"cannot read {name!r} from {source}: {err}. A checksum mismatch or an undecodable "
-            "chunk means the file is damaged (bit rot, truncated or interrupted download): "
-            "download or regenerate it."
+            f"cannot read {name!r} from {source}: {str(err).rstrip('.')}. A checksum mismatch "
+            "or a chunk that cannot be decoded means the file is damaged (bit rot, a truncated "
+            "or interrupted download): download or regenerate it."
         ) from err
 
 

@@ -125,3 +125,8 @@ def test_missing_cloud_extra_names_the_install() -> None:
         ModuleNotFoundError, match=r"needs gcsfs: `pip install 'lightning-climate\[cloud\]'"
     ):
         ERA5Dataset(url, ["t2m"])
+
+
+def test_missing_store_names_the_url() -> None:
+    with pytest.raises(FileNotFoundError, match=r"no Zarr store at memory://nowhere/era5.zarr"):
+        ERA5Dataset("memory://nowhere/era5.zarr", ["t2m"])

@@ -53,6 +53,14 @@ def _is_zarr_dir(path: Path) -> bool:
     )
 
 
+def _is_zip(source: Source) -> bool:
+    """A zip archive, also one named ``.nc``: the new CDS zips multi-file results whatever the name."""
+    if not isinstance(source, Path) or not source.is_file():
+        return False
+    with open(source, "rb") as fh:
+        return fh.read(4) == b"PK\x03\x04"
+
+
 def _zip_members(archive: Path) -> list[str]:
     """The NetCDF/GRIB members of a CDS zip archive, as ``zip://`` URLs."""
     with zipfile.ZipFile(archive) as zf:
@@ -104,7 +112,7 @@ def find_era5_files(
             found += [Path(m) for m in sorted(glob.glob(str(item)))]
     sources: list[Source] = []
     for src in found:
-        expanded = _zip_members(src) if isinstance(src, Path) and src.suffix == ".zip" else [src]
+        expanded = _zip_members(src) if _is_zip(src) else [src]
         sources += [s for s in expanded if s not in sources]
     if not sources:
         raise FileNotFoundError(
@@ -141,6 +149,11 @@ def _open_zip_member(url: str, stack: contextlib.ExitStack) -> Any:
         return xr.open_dataset(fh, engine="h5netcdf", chunks=None, cache=False)
     if magic.startswith(b"CDF"):
         return xr.open_dataset(fh, engine="scipy", chunks=None, cache=False)
+    if magic.startswith(b"GRIB"):
+        raise ValueError(
+            f"{member} in {archive} is GRIB, which cfgrib reads only from a file on disk: extract "
+            f"the archive (`python -m zipfile -e {archive} <dir>`) and pass the folder."
+        )
     raise ValueError(
         f"{member} in {archive} is neither NetCDF4 nor NetCDF3 (first bytes {magic!r}); extract "
         f"it (`python -m zipfile -e {archive} <dir>`) and check the file."

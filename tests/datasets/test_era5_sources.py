@@ -53,6 +53,19 @@ def test_cds_zip_reads_like_the_extracted_files(tmp_path: Path, compression: int
     assert clone._handles == {} and torch.equal(clone[5]["lr"], plain[5]["lr"])
 
 
+def test_zip_saved_under_a_netcdf_name(tmp_path: Path) -> None:
+    # the new CDS zips a multi-file result even when the request named the target "data.nc"
+    archive, folder = _cds_zip(tmp_path, zipfile.ZIP_STORED)
+    misnamed = tmp_path / "data.nc"
+    archive.rename(misnamed)
+    ds = ERA5Dataset(misnamed, ["tcw"])
+    assert ds.files == [
+        f"zip://data_stream-oper_stepType-{kind}.nc::{misnamed.resolve()}"
+        for kind in ("accum", "instant")
+    ]
+    assert torch.equal(ds[4]["hr"], ERA5Dataset(folder, ["tcw"])[4]["hr"])
+
+
 def test_large_compressed_zip_member_says_how_to_extract(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -130,3 +143,9 @@ def test_grib_with_two_kinds_of_fields_says_how_to_split(tmp_path: Path) -> None
     )
     with pytest.raises(ValueError, match=r"mixed.grib holds 2 kinds .*'t2m'.*'tp'.*grib_copy"):
         ERA5Dataset(tmp_path / "mixed.grib", ["t2m", "tp"])
+    with zipfile.ZipFile(tmp_path / "grib.zip", "w") as zf:
+        zf.write(tmp_path / "mixed.grib", "data.grib")
+    with pytest.raises(
+        ValueError, match=r"data.grib in .*grib.zip is GRIB, .*python -m zipfile -e"
+    ):
+        ERA5Dataset(tmp_path / "grib.zip", ["t2m"])

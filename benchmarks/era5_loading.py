@@ -118,6 +118,7 @@ def main() -> None:
             cmd += ["--batch-size", str(args.batch_size), "--samples", str(args.samples)]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             rows[(method, workers)] = json.loads(out.strip().splitlines()[-1])
+            print(method, workers, rows[(method, workers)], flush=True)
     n = args.samples
     print(
         f"{n} random of {rows[('ours', args.workers[0])]['samples']} samples of 6 channels on a "

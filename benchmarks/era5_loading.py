@@ -6,7 +6,8 @@ workers. ``ours`` is :class:`~lightning_climate.datasets.ERA5Dataset` (every che
 NaN, consistency of the index); ``mfdataset`` is the usual peer, ``xarray.open_mfdataset`` with
 one time per dask chunk, indexed per sample, the same crop, flip and block mean. Each (loader,
 workers) run is a fresh subprocess, so its peak RSS (``ru_maxrss``) is its own: ``main`` is the
-loading process, ``worker`` the largest DataLoader worker.
+loading process (its own ``VmHWM``: ``ru_maxrss`` survives ``exec``, so it would report the
+generating parent's peak), ``worker`` the largest DataLoader worker (``RUSAGE_CHILDREN``).
 
     PYTHONPATH=. python benchmarks/era5_loading.py --root /tmp/era5_bench --years 2000 2001 2002 2003 2004 2005
 
@@ -55,6 +56,13 @@ class MFDataset(Dataset):
         return {"hr": hr, "lr": block_mean(hr, self.factor), "index": torch.tensor(index)}
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM): ru_maxrss would carry over the parent's across exec."""
+    status = Path("/proc/self/status").read_text()
+    line = next(x for x in status.splitlines() if x.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024.0
+
+
 def child(args: argparse.Namespace) -> None:
     files = sorted(args.root.glob("era5_*.nc"))
     start = time.perf_counter()
@@ -82,7 +90,7 @@ def child(args: argparse.Namespace) -> None:
                 "samples": len(dataset),
                 "setup_s": setup,
                 "epoch_s": epoch,
-                "main_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / kib,
+                "main_mb": _peak_rss_mb(),
                 "worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / kib,
                 "checksum": checksum,
             }

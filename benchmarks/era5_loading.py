@@ -135,15 +135,16 @@ def main() -> None:
     )
     print("loader     workers  setup s  samples/s  main peak MB  worker peak MB")
     for (method, workers), r in rows.items():
+        worker = f"{r['worker_mb']:15.0f}" if workers else f"{'-':>15s}"
         print(
             f"{method:10s} {workers:7d} {r['setup_s']:8.2f} {n / r['epoch_s']:10.1f} "
-            f"{r['main_mb']:13.0f} {r['worker_mb']:15.0f}"
+            f"{r['main_mb']:13.0f} {worker}"
         )
     for workers in args.workers:
         ours, peer = rows[("ours", workers)], rows[("mfdataset", workers)]
         agree = abs(ours["checksum"] - peer["checksum"]) < 1e-6 * abs(peer["checksum"])
         assert agree, f"the two loaders disagree: {ours['checksum']} vs {peer['checksum']}"
-        peak = max(ours["main_mb"], ours["worker_mb"])
+        peak = max(ours["main_mb"], ours["worker_mb"] if workers else 0.0)
         print(
             f"workers={workers}: ours/mfdataset samples/s {peer['epoch_s'] / ours['epoch_s']:.2f}x, "
             f"setup {ours['setup_s'] / peer['setup_s']:.2f}x, peak memory main "

@@ -110,10 +110,8 @@ def find_era5_files(
             found.append(p)
         else:
             found += [Path(m) for m in sorted(glob.glob(str(item)))]
-    sources: list[Source] = []
-    for src in found:
-        expanded = _zip_members(src) if _is_zip(src) else [src]
-        sources += [s for s in expanded if s not in sources]
+    expanded = [s for src in found for s in (_zip_members(src) if _is_zip(src) else [src])]
+    sources = list(dict.fromkeys(expanded))  # in order, each once
     if not sources:
         raise FileNotFoundError(
             f"no ERA5 files (*.nc, *.zarr, *.grib or a CDS *.zip) found at "

@@ -149,3 +149,8 @@ def test_grib_with_two_kinds_of_fields_says_how_to_split(tmp_path: Path) -> None
         ValueError, match=r"data.grib in .*grib.zip is GRIB, .*python -m zipfile -e"
     ):
         ERA5Dataset(tmp_path / "grib.zip", ["t2m"])
+
+
+def test_a_file_named_twice_is_read_once() -> None:
+    ds = ERA5Dataset([YEAR, YEAR.parent], ["t2m"])
+    assert ds.files == [YEAR, YEAR.parent / "era5_2001.nc"] and len(ds) == 26

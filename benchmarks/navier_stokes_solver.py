@@ -23,7 +23,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from lightning_climate.datasets.navier_stokes import (
+from lightning_climate.datasets.navier_stokes_solver import (
     gaussian_random_field,
     li_forcing,
     solve_vorticity,

@@ -14,11 +14,11 @@ import time
 
 import torch
 
-from lightning_climate.datasets.navier_stokes import (
+from lightning_climate.datasets.navier_stokes_generate import trajectory_generator
+from lightning_climate.datasets.navier_stokes_solver import (
     gaussian_random_field,
     li_forcing,
     solve_vorticity,
-    trajectory_generator,
 )
 
 

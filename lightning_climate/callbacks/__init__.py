@@ -3,6 +3,7 @@
 from lightning_climate.callbacks.constraint_monitor import ConstraintMonitor
 from lightning_climate.callbacks.difficulty import DifficultyScores
 from lightning_climate.callbacks.downscaling_report import DownscalingReport
+from lightning_climate.callbacks.exact_resume import ExactResume
 from lightning_climate.callbacks.functional_dimension import FunctionalDimension
 from lightning_climate.callbacks.sam import SharpnessAwareMinimization
 
@@ -10,6 +11,7 @@ __all__ = [
     "ConstraintMonitor",
     "DifficultyScores",
     "DownscalingReport",
+    "ExactResume",
     "FunctionalDimension",
     "SharpnessAwareMinimization",
 ]

@@ -8,6 +8,7 @@ from lightning_climate.datamodules.digits import DigitsDataModule
 from lightning_climate.datamodules.era5 import ERA5DataModule
 from lightning_climate.datamodules.navier_stokes import NavierStokesDataModule
 from lightning_climate.datamodules.oc20 import OC20DataModule
+from lightning_climate.datamodules.sampler import ResumableDataLoader, ResumableSampler
 
 __all__ = [
     "BaseDataModule",
@@ -18,4 +19,6 @@ __all__ = [
     "ERA5DataModule",
     "NavierStokesDataModule",
     "OC20DataModule",
+    "ResumableDataLoader",
+    "ResumableSampler",
 ]

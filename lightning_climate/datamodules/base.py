@@ -1,30 +1,69 @@
-"""Base class shared by every datamodule of the package.
+"""Base class shared by every datamodule of the package, and the contract tasks rely on.
 
 It follows torchgeo's ``BaseDataModule``: ``prepare_data`` only writes files, ``setup`` builds the
 per-split datasets (``train_dataset``, ``val_dataset``, ``test_dataset``, ``predict_dataset``) with
 a fixed seed on every rank, and one ``_dataloader_factory`` builds every loader.
+
+What a task may read from any datamodule of the package (and nothing else):
+
+- :meth:`BaseDataModule.train_statistics`: statistics of the training split only, named
+  ``{batch key}_{statistic}`` (``hr_min``, ``y_mean``, ``image_std``, ...), computed once and
+  saved in checkpoints through :meth:`~BaseDataModule.state_dict`;
+- :attr:`BaseDataModule.channels`: names of the channels of the modelled field, or ``None``;
+- :attr:`BaseDataModule.latitudes`: latitudes (degrees) of the grid rows, or ``None``;
+- :meth:`BaseDataModule.dataloader_names`: the name of every loader of a split;
+- :meth:`BaseDataModule.ground_truth`: a known causal graph and mixing, for synthetic data.
+
+Vocabulary shared by the subclasses: ``root`` is where the data lives (a directory, or a file
+for single-file data sets); ``generate=True`` lets ``prepare_data`` write a generated data set
+in the real on-disk format into ``root`` when it is missing (never overwriting), while with
+``generate=False`` missing data is an error naming ``root``; ``seed`` seeds the splits and
+``data_seed`` the generator.
 """
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
+import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["BaseDataModule"]
+from lightning_climate.datamodules.sampler import ResumableDataLoader, ResumableSampler
+
+__all__ = ["BaseDataModule", "Split", "renamed_argument"]
 
 Split = Literal["train", "val", "test", "predict"]
 
 
+def renamed_argument(owner: str, old: str, old_value: Any, new: str, new_value: Any) -> Any:
+    """``new_value``, or ``old_value`` with a deprecation warning when the old name was used."""
+    if old_value is None:
+        return new_value
+    warnings.warn(
+        f"{owner}({old}=...) is deprecated and will be removed in the next version; use "
+        f"{new}={old_value!r} instead.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return old_value
+
+
 class BaseDataModule(LightningDataModule):
-    """Datamodule whose subclasses only have to fill the per-split dataset attributes in ``setup``.
+    """Datamodule whose subclasses fill the per-split datasets in ``setup`` (see the module doc).
 
     A split's dataset may also be a mapping ``name -> Dataset`` (for example one test set per
     downscaling factor); its loaders are then returned as a list in that order, and the names are
-    available from :meth:`dataloader_names` so tasks can log each under its own name.
+    available from :meth:`dataloader_names` so tasks log each under its own name.
+
+    Subclasses that provide statistics override :meth:`compute_train_statistics`, and may
+    override :meth:`statistics_shapes` so a checkpoint made with another configuration is refused.
 
     Args:
         batch_size: samples per batch in every split.
@@ -34,6 +73,12 @@ class BaseDataModule(LightningDataModule):
 
     #: collate function handed to every loader; ``None`` uses PyTorch's default (dicts of tensors).
     collate_fn: Callable[[list[Any]], Any] | None = None
+    #: names of the channels of the modelled field (set in ``setup``), or ``None``.
+    channels: list[str] | None = None
+    #: latitudes (degrees) of the grid rows (set in ``setup``), or ``None`` for non-gridded data.
+    latitudes: Tensor | None = None
+    #: data set name used in error messages.
+    data_name: ClassVar[str] = "data"
 
     def __init__(self, batch_size: int = 32, num_workers: int = 0, seed: int = 0) -> None:
         super().__init__()
@@ -48,7 +93,83 @@ class BaseDataModule(LightningDataModule):
         self.val_dataset: Dataset[Any] | Mapping[str, Dataset[Any]] | None = None
         self.test_dataset: Dataset[Any] | Mapping[str, Dataset[Any]] | None = None
         self.predict_dataset: Dataset[Any] | Mapping[str, Dataset[Any]] | None = None
+        self._train_statistics: dict[str, Tensor] | None = None
 
+    # ------------------------------------------------------------------ the contract with tasks
+    def compute_train_statistics(self) -> dict[str, Tensor]:
+        """Statistics of the training split, named ``{batch key}_{statistic}``; none by default."""
+        return {}
+
+    def statistics_shapes(self) -> dict[str, tuple[int, ...]] | None:
+        """Expected shape of every statistic under this configuration, or ``None`` if unknown."""
+        return None
+
+    def train_statistics(self) -> dict[str, Tensor]:
+        """Training-split statistics, computed on first use (``setup('fit')`` if needed), cached."""
+        if self._train_statistics is None:
+            if self.train_dataset is None:
+                self.setup("fit")
+            stats = {k: torch.as_tensor(v) for k, v in self.compute_train_statistics().items()}
+            self._check_shapes(stats, "computed")
+            self._train_statistics = stats
+        return self._train_statistics
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training statistics once computed; Lightning saves them in every checkpoint."""
+        if self._train_statistics is None:
+            return {}
+        return {"train_statistics": {k: v.clone() for k, v in self._train_statistics.items()}}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore saved statistics after checking their names and shapes fit this configuration."""
+        saved = state_dict.get("train_statistics")
+        if not saved:
+            return
+        stats = {k: torch.as_tensor(v).clone() for k, v in saved.items()}
+        self._check_shapes(stats, "checkpoint")
+        if self._train_statistics is not None:
+            self._check_against(stats, self._train_statistics)
+        self._train_statistics = stats
+
+    def _check_shapes(self, stats: Mapping[str, Tensor], origin: str) -> None:
+        expected = self.statistics_shapes()
+        if expected is not None:
+            self._check_against(stats, {k: torch.empty(v) for k, v in expected.items()}, origin)
+
+    def _check_against(
+        self,
+        stats: Mapping[str, Tensor],
+        reference: Mapping[str, Tensor],
+        origin: str = "checkpoint",
+    ) -> None:
+        name = type(self).__name__
+        if set(stats) != set(reference):
+            raise ValueError(
+                f"{name}: the {origin} statistics are {sorted(stats)} but this configuration has "
+                f"{sorted(reference)}; use the datamodule arguments the checkpoint was made with."
+            )
+        for key, value in stats.items():
+            if tuple(value.shape) != tuple(reference[key].shape):
+                raise ValueError(
+                    f"{name}: the {origin} statistic {key!r} has shape {tuple(value.shape)}, this "
+                    f"configuration expects {tuple(reference[key].shape)}; use the datamodule "
+                    "arguments (variables, models, normalisation) the checkpoint was made with."
+                )
+
+    def ground_truth(self) -> tuple[Tensor, Tensor] | None:
+        """The true latent graph and mixing of synthetic data, or ``None`` (real data)."""
+        return None
+
+    # ------------------------------------------------------------------ shared helpers
+    def missing_data_error(self, path: str | os.PathLike[str]) -> FileNotFoundError:
+        """The error for data that is not at ``path``: how to point at it or generate it."""
+        return FileNotFoundError(
+            f"{type(self).__name__}: no {self.data_name} at {Path(path)}. Point `root` at your "
+            "copy, or set generate=True to let prepare_data write a generated data set in the "
+            "same format there."
+        )
+
+    # ------------------------------------------------------------------ loaders
     def _split_datasets(self, split: Split) -> Dataset[Any] | Mapping[str, Dataset[Any]]:
         dataset = getattr(self, f"{split}_dataset")
         if dataset is None:
@@ -68,14 +189,17 @@ class BaseDataModule(LightningDataModule):
         dataset = self._split_datasets(split)
 
         def build(ds: Dataset[Any]) -> DataLoader[Any]:
-            return DataLoader(
-                ds,
-                batch_size=self.batch_size,
-                shuffle=split == "train",
-                num_workers=self.num_workers,
-                collate_fn=self.collate_fn,
-                persistent_workers=self.num_workers > 0,
-            )
+            kwargs: dict[str, Any] = {
+                "batch_size": self.batch_size,
+                "num_workers": self.num_workers,
+                "collate_fn": self.collate_fn,
+            }
+            if split != "train":
+                return DataLoader(ds, persistent_workers=self.num_workers > 0, **kwargs)
+            # seeded by (seed_everything, epoch, rank) and resumable mid-epoch: exact resumes
+            trainer = self.trainer
+            ranks = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+            return ResumableDataLoader(ds, sampler=ResumableSampler(ds, *ranks), **kwargs)
 
         if isinstance(dataset, Mapping):
             return [build(ds) for ds in dataset.values()]

@@ -52,15 +52,15 @@ def blocked_window_starts(
 class CausalSyntheticDataModule(BaseDataModule):
     """Windows of a synthetic SAVAR-style series whose latent graph and mixing are known.
 
-    ``prepare_data`` writes ``<root>/causal_synthetic.npz`` with
+    With ``generate=True``, ``prepare_data`` writes ``<root>/causal_synthetic.npz`` with
     :func:`~lightning_climate.datasets.generate_causal_synthetic` unless it exists; ``setup``
     reads it, checks it was made with the same generator arguments, and splits it in time blocks
-    (train, val, test parts in every block; windows never cross a part). Values are standardised
-    with one mean and standard deviation from the training parts only; they are in
-    :meth:`state_dict`, so they travel with checkpoints.
+    (train, val, test parts in every block; windows never cross a part).
+    :meth:`train_statistics` gives one ``x_mean`` and ``x_std`` over the training parts only,
+    which the task standardises with (and checkpoints carry).
 
     Samples: ``{"x": (window_length, 1, height, width), "index": ()}``. The ground truth is
-    available after ``setup`` from :attr:`ground_truth_graph` and :attr:`ground_truth_mixing`, which
+    available after ``setup`` from :meth:`ground_truth`, which
     :class:`~lightning_climate.tasks.CausalDiscoveryTask` uses to log graph-recovery metrics.
 
     Args:
@@ -80,7 +80,10 @@ class CausalSyntheticDataModule(BaseDataModule):
         batch_size: samples per batch.
         num_workers: loader worker processes.
         seed: seed of the shuffling (the split itself is deterministic).
+        generate: let ``prepare_data`` write the data file if it is missing.
     """
+
+    data_name = "causal synthetic data file"
 
     file_name = "causal_synthetic.npz"
 
@@ -102,9 +105,11 @@ class CausalSyntheticDataModule(BaseDataModule):
         batch_size: int = 16,
         num_workers: int = 0,
         seed: int = 0,
+        generate: bool = False,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         self.root = Path(root)
+        self.generate = generate
         self.generator_args = {
             "num_latents": num_latents,
             "num_lags": num_lags,
@@ -131,8 +136,8 @@ class CausalSyntheticDataModule(BaseDataModule):
             )
         self.block_length = block_length
         self.fractions = (1 - val_fraction - test_fraction, val_fraction, test_fraction)
-        self.mean: float | None = None
-        self.std: float | None = None
+        self._train_ranges: list[tuple[int, int]] = []
+        self._series: Any = None
         self.ground_truth_graph: Tensor | None = None
         self.ground_truth_mixing: Tensor | None = None
 
@@ -142,12 +147,17 @@ class CausalSyntheticDataModule(BaseDataModule):
         return self.root / self.file_name
 
     def prepare_data(self) -> None:
-        """Write the data file if it does not exist (rank 0 only, no state set)."""
-        if not self.path.exists():
-            generate_causal_synthetic(self.path, **self.generator_args)
+        """Write the data file if it is missing and ``generate`` is set (rank 0 only)."""
+        if self.path.exists():
+            return
+        if not self.generate:
+            raise self.missing_data_error(self.path)
+        generate_causal_synthetic(self.path, **self.generator_args)
 
     def setup(self, stage: str | None = None) -> None:
-        """Read the file, check its generator arguments, split it and standardise it."""
+        """Read the file, check its generator arguments and split it."""
+        if not self.path.exists():
+            raise self.missing_data_error(self.path)
         data = read_causal_synthetic(self.path)
         if data["params"] != self.generator_args:
             diff = {
@@ -168,10 +178,8 @@ class CausalSyntheticDataModule(BaseDataModule):
                 f"no training window of {self.window_length} steps fits in blocks of "
                 f"{self.block_length}; raise block_length or num_timesteps."
             )
-        if self.mean is None or self.std is None:
-            values = np.concatenate([series[lo:hi].ravel() for lo, hi in train_ranges])
-            self.mean, self.std = float(values.mean()), float(values.std())
-        args = (self.window_length, self.mean, self.std)
+        self._series, self._train_ranges = series, train_ranges
+        args = (self.window_length,)
         self.train_dataset = CausalSyntheticDataset(series, train, *args)
         self.val_dataset = CausalSyntheticDataset(series, val, *args)
         self.test_dataset = CausalSyntheticDataset(series, test, *args)
@@ -179,11 +187,20 @@ class CausalSyntheticDataModule(BaseDataModule):
         self.ground_truth_graph = torch.as_tensor(data["graph"], dtype=torch.bool)
         self.ground_truth_mixing = torch.as_tensor(data["mixing"])
 
-    def state_dict(self) -> dict[str, Any]:
-        """Normalisation statistics of the training split."""
-        return {"mean": self.mean, "std": self.std}
+    def compute_train_statistics(self) -> dict[str, Tensor]:
+        """One ``x_mean`` and ``x_std`` over the training parts of the series."""
+        values = np.concatenate([self._series[lo:hi].ravel() for lo, hi in self._train_ranges])
+        return {
+            "x_mean": torch.tensor(float(values.mean())),
+            "x_std": torch.tensor(float(values.std())),
+        }
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the statistics; a later ``setup`` uses them instead of recomputing."""
-        self.mean = state_dict["mean"]
-        self.std = state_dict["std"]
+    def statistics_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Two scalars."""
+        return {"x_mean": (), "x_std": ()}
+
+    def ground_truth(self) -> tuple[Tensor, Tensor] | None:
+        """The true lagged latent graph ``(lags, latents, latents)`` and mixing, after ``setup``."""
+        if self.ground_truth_graph is None or self.ground_truth_mixing is None:
+            return None
+        return self.ground_truth_graph, self.ground_truth_mixing

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -22,15 +22,23 @@ NUM_TRAIN = 50_000
 
 
 def random_crop_flip(
-    images: Tensor, padding: int = 4, generator: torch.Generator | None = None
+    images: Tensor,
+    padding: int = 4,
+    generator: torch.Generator | None = None,
+    fill: Tensor | None = None,
 ) -> Tensor:
-    """Per-image random crop of the zero-padded batch and random horizontal flip.
+    """Per-image random crop of the padded batch and random horizontal flip.
 
-    The standard CIFAR augmentation (He et al.); on normalised images zero padding is padding
-    with the training mean.
+    The standard CIFAR augmentation (He et al.): the border is ``fill`` per channel (zeros by
+    default); padding with the training mean equals zero padding of standardised images.
     """
-    b, _, h, w = images.shape
-    padded = F.pad(images, (padding, padding, padding, padding))
+    b, c, h, w = images.shape
+    if fill is None:
+        padded = F.pad(images, (padding, padding, padding, padding))
+    else:
+        size = (b, c, h + 2 * padding, w + 2 * padding)
+        padded = fill.to(images).view(1, c, 1, 1).expand(size).clone()
+        padded[..., padding : padding + h, padding : padding + w] = images
     dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(images.device)
     dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(images.device)
     rows = (dy[:, None] + torch.arange(h, device=images.device))[:, None, :, None]
@@ -49,9 +57,10 @@ class CIFARDataModule(BaseDataModule):
     fixed ``seed``; the official test set is the test split. Samples are
     ``{"image": float32 (3, 32, 32), "label": int64, "index": int64}`` with ``index`` the
     position in the training files (0..49999) or ``50000 +`` the position in the test files.
-    Pixels are scaled to [0, 1] and standardised per channel with training-split statistics (in
-    :meth:`state_dict`). Training batches get a random 32x32 crop of the 4-pixel zero-padded
-    image and a random horizontal flip, on the device, in :meth:`on_after_batch_transfer`.
+    Pixels are scaled to [0, 1]; :meth:`train_statistics` gives the per-channel ``image_mean`` and
+    ``image_std`` of the training split, which the task standardises with. Training batches get a
+    random 32x32 crop of the image padded by 4 pixels of the training mean and a random horizontal
+    flip, on the device, in :meth:`on_after_batch_transfer`.
 
     Args:
         root: folder holding ``cifar-10-batches-bin`` / ``cifar-10-batches-py`` (or the
@@ -83,8 +92,6 @@ class CIFARDataModule(BaseDataModule):
         self.variant = variant
         self.val_fraction = val_fraction
         self.augment = augment
-        self.mean: list[float] | None = None
-        self.std: list[float] | None = None
 
     def setup(self, stage: str | None = None) -> None:
         """Read the files, split train/validation, compute training statistics."""
@@ -94,15 +101,11 @@ class CIFARDataModule(BaseDataModule):
             order, test_size=self.val_fraction, stratify=labels.numpy(), random_state=self.seed
         )
         train, val = torch.as_tensor(np.sort(train)), torch.as_tensor(np.sort(val))
-        mean, std = channel_stats(images[train], scale=1 / 255)
-        self.mean, self.std = mean.tolist(), std.tolist()
 
         def subset(
             imgs: Tensor, labs: Tensor, idx: Tensor, offset: int = 0
         ) -> ImageClassificationDataset:
-            return ImageClassificationDataset(
-                imgs[idx], labs[idx], idx + offset, mean, std, 1 / 255
-            )
+            return ImageClassificationDataset(imgs[idx], labs[idx], idx + offset, 1 / 255)
 
         self.train_dataset = subset(images, labels, train)
         self.val_dataset = subset(images, labels, val)
@@ -117,14 +120,16 @@ class CIFARDataModule(BaseDataModule):
         """Crop and flip training batches (only while fitting, not validating)."""
         trainer = self.trainer
         if self.augment and trainer is not None and trainer.training:
-            batch = {**batch, "image": random_crop_flip(batch["image"])}
+            fill = self.train_statistics()["image_mean"]
+            batch = {**batch, "image": random_crop_flip(batch["image"], fill=fill)}
         return batch
 
-    def state_dict(self) -> dict[str, Any]:
-        """Training-split per-channel statistics, saved in checkpoints."""
-        return {"mean": self.mean, "std": self.std}
+    def compute_train_statistics(self) -> dict[str, Tensor]:
+        """``image_mean`` and ``image_std`` per channel of the training pixels."""
+        assert isinstance(self.train_dataset, ImageClassificationDataset)
+        mean, std = channel_stats(self.train_dataset.images, scale=1 / 255)
+        return {"image_mean": mean, "image_std": std}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the statistics saved by :meth:`state_dict`."""
-        self.mean = state_dict.get("mean")
-        self.std = state_dict.get("std")
+    def statistics_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Three colour channels."""
+        return {"image_mean": (3,), "image_std": (3,)}

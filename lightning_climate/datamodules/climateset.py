@@ -9,22 +9,21 @@ Public interface (also used by the causal-discovery task):
 * Samples (see :class:`~lightning_climate.datasets.ClimateSet`) are dicts of tensors: ``x``
   float32 (12, C_in, H, W) forcings (plus a last cumulative-CO2 channel with
   ``cumulative_co2=True``), ``y`` float32 (12 or 1, C_out, H, W) outputs, ``model_id``,
-  ``year`` and ``index`` int64 scalars. They hold physical values (read the datasets directly
-  for raw fields, e.g. for causal discovery); after the
-  batch reaches the device, :meth:`ClimateSetDataModule.on_after_batch_transfer` normalises ``x``
-  and ``y`` with the training statistics of the sample's climate model and adds ``y_mean``
-  ((B, 1, C_out, 1, 1), or (B, T, C_out, H, W) with ``normalization="climatology"``) and ``y_std``
-  (B, 1, C_out, 1, 1), so that ``y * y_std + y_mean`` gives physical units back.
-* :attr:`latitudes`/:attr:`longitudes` come from the files; :attr:`statistics` and
-  ``state_dict()`` hold the normalisation statistics, which Lightning stores in checkpoints.
+  ``year`` and ``index`` int64 scalars, in physical units.
+* Contract with tasks: :attr:`channels` are ``out_vars``, :attr:`latitudes` come from the files,
+  and :meth:`~ClimateSetDataModule.train_statistics` gives per-climate-model ``x_mean``,
+  ``x_std`` ((M, C_in)), ``y_mean`` ((M, C_out), or the climatology (M, T, C_out, H, W) with
+  ``normalization="climatology"``) and ``y_std`` ((M, C_out)) from the training split only; tasks
+  normalise with them (grouped by ``model_id``) and checkpoints carry them.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -42,8 +41,6 @@ from lightning_climate.datasets.climateset import (
 from lightning_climate.datasets.climateset_generate import generate_climateset
 
 __all__ = ["ClimateSetDataModule", "split_train_val"]
-
-_STAT_KEYS = ("in_mean", "in_std", "out_mean", "out_std")
 
 
 def split_train_val(
@@ -119,6 +116,9 @@ class ClimateSetDataModule(BaseDataModule):
             to the end of the sample's year (GtCO2), normalised with its training statistics like
             the other inputs. It needs the ``CO2_sum`` files of every historical year (1850-2014)
             and of every SSP year from 2015 up to the last year used (``generate`` writes them).
+        train_historical_years: first and last (inclusive) year of ``historical`` when it is
+            among ``train_scenarios`` (upstream's ``train_historical_years``, e.g. 1850-2010),
+            while ``train_years`` are the SSPs' years; ``None`` uses ``train_years`` for it too.
     """
 
     def __init__(
@@ -143,6 +143,7 @@ class ClimateSetDataModule(BaseDataModule):
         generate: bool = False,
         generate_grid_shape: Sequence[int] = (96, 144),
         cumulative_co2: bool = False,
+        train_historical_years: Sequence[int] | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         self.save_hyperparameters()
@@ -167,8 +168,15 @@ class ClimateSetDataModule(BaseDataModule):
             raise ValueError(f"generate_grid_shape must be (lat, lon), got {generate_grid_shape}.")
         self.generate_grid_shape = (int(generate_grid_shape[0]), int(generate_grid_shape[1]))
         self.cumulative_co2 = cumulative_co2
-        self.statistics: dict[str, Tensor] | None = None
-        self.latitudes: np.ndarray | None = None
+        self.train_historical_years = (
+            None
+            if train_historical_years is None
+            else _year_range(train_historical_years, "train_historical_years")
+        )
+        if self.train_historical_years is not None:
+            n_hist = len(self.train_historical_years)
+            split_train_val(self.train_historical_years, n_hist, val_fraction, val_split, seed)
+        self.channels = list(self.out_vars)
         self.longitudes: np.ndarray | None = None
 
     def prepare_data(self) -> None:
@@ -176,16 +184,24 @@ class ClimateSetDataModule(BaseDataModule):
         if not self.generate:
             return
         scenarios = sorted(set(self.train_scenarios + self.test_scenarios))
-        generate_climateset(
-            self.root,
-            climate_models=self.climate_models,
-            scenarios=scenarios,
-            years=sorted(set(self.train_years + self.test_years)),
-            members=self.members or ("r1i1p1f1",),
-            grid_shape=self.generate_grid_shape,
-            in_vars=self.in_vars,
-            out_vars=self.out_vars,
-        )
+        jobs = [(scenarios, sorted(set(self.train_years + self.test_years)))]
+        if self.train_historical_years is not None and "historical" in scenarios:
+            jobs = [([s for s in scenarios if s != "historical"], jobs[0][1])]
+            historical_years = set(self.train_historical_years)
+            if "historical" in self.test_scenarios:
+                historical_years |= set(self.test_years)
+            jobs.append((["historical"], sorted(historical_years)))
+        for job_scenarios, job_years in jobs:
+            generate_climateset(
+                self.root,
+                climate_models=self.climate_models,
+                scenarios=job_scenarios,
+                years=job_years,
+                members=self.members or ("r1i1p1f1",),
+                grid_shape=self.generate_grid_shape,
+                in_vars=self.in_vars,
+                out_vars=self.out_vars,
+            )
         if not self.cumulative_co2:
             return
         # The CO2 maps of every year the running sums pass through, not only the split's years.
@@ -208,7 +224,12 @@ class ClimateSetDataModule(BaseDataModule):
         """Channels of ``x``: ``in_vars``, then ``CO2_cumulative`` with ``cumulative_co2``."""
         return self.in_vars + ([CUMULATIVE_CO2] if self.cumulative_co2 else [])
 
-    def _dataset(self, scenarios: Sequence[str], years: Sequence[int]) -> ClimateSet:
+    def _dataset(
+        self,
+        scenarios: Sequence[str],
+        years: Sequence[int],
+        historical_years: Sequence[int] | None = None,
+    ) -> ClimateSet:
         dataset = ClimateSet(
             self.root,
             climate_models=self.climate_models,
@@ -219,19 +240,35 @@ class ClimateSetDataModule(BaseDataModule):
             out_vars=self.out_vars,
             seq_to_seq=self.seq_to_seq,
             cumulative_co2=self.cumulative_co2,
+            historical_years=historical_years,
         )
-        self.latitudes, self.longitudes = dataset.latitudes, dataset.longitudes
+        self.latitudes = torch.as_tensor(np.asarray(dataset.latitudes), dtype=torch.float64)
+        self.longitudes = dataset.longitudes
         return dataset.load_into_memory() if self.in_memory else dataset
 
     def _train_val(self) -> tuple[ClimateSet, ClimateSet]:
-        pool = self._dataset(self.train_scenarios, self.train_years)
-        train, val = split_train_val(
-            self.train_years, len(pool), self.val_fraction, self.val_split, self.seed
-        )
+        pool = self._dataset(self.train_scenarios, self.train_years, self.train_historical_years)
+        if self.val_split == "random" or self.train_historical_years is None:
+            train, val = split_train_val(
+                self.train_years, len(pool), self.val_fraction, self.val_split, self.seed
+            )
+            return pool.subset(train), pool.subset(val)
+        # Runs (model, member, scenario) differ in length: hold out the last years of each.
+        train, val, start = [], [], 0
+        for (_, _, scenario), run in itertools.groupby(
+            pool.keys, lambda k: (k.model_id, k.member, k.scenario)
+        ):
+            years = pool.scenario_years(scenario)
+            run_train, run_val = split_train_val(
+                years, len(years), self.val_fraction, "blocked", self.seed
+            )
+            train += [start + i for i in run_train]
+            val += [start + i for i in run_val]
+            start += len(list(run))
         return pool.subset(train), pool.subset(val)
 
     def setup(self, stage: str) -> None:
-        """Build the splits of ``stage`` and, unless restored from a checkpoint, the statistics."""
+        """Build the splits of ``stage`` (statistics are computed on first use, see the base class)."""
         if stage in ("fit", "validate"):
             self.train_dataset, self.val_dataset = self._train_val()
             if not len(self.val_dataset):
@@ -256,20 +293,15 @@ class ClimateSetDataModule(BaseDataModule):
                 self.test_dataset = tests
             else:
                 self.predict_dataset = tests
-        if self.statistics is None:
-            train = (
-                self.train_dataset
-                if isinstance(self.train_dataset, ClimateSet)
-                else self._train_val()[0]
-            )
-            self.statistics = self.compute_statistics(train)
 
-    def compute_statistics(self, dataset: ClimateSet) -> dict[str, Tensor]:
-        """Per-model, per-variable mean and std of ``x`` and ``y`` over ``dataset`` (float64).
+    def compute_train_statistics(self) -> dict[str, Tensor]:
+        """Per-model, per-variable mean and std of ``x`` and ``y`` over the training split (float64).
 
         Per-sample moments are merged with Chan et al.'s pairwise update, which stays exact in
         float64 where the one-pass E[x^2] - E[x]^2 would cancel (e.g. tas ~ 280 K, std ~ 15 K).
         """
+        dataset = self.train_dataset
+        assert dataset is not None
         n_models = len(self.climate_models)
         acc = {
             name: [torch.zeros(n_models, c, dtype=torch.float64) for _ in range(3)]
@@ -311,7 +343,8 @@ class ClimateSetDataModule(BaseDataModule):
                 raise ValueError(
                     f"A training variable is constant (std 0) in {name}puts: {std.tolist()}."
                 )
-            stats[f"{name}_mean"], stats[f"{name}_std"] = mean, std
+            key = "x" if name == "in" else "y"
+            stats[f"{key}_mean"], stats[f"{key}_std"] = mean, std
         if pixel:
             n = pixel["n"].view(-1, 1, 1, 1, 1)
             climatology = pixel["sum"] / n  # (M, T, C, H, W)
@@ -321,57 +354,22 @@ class ClimateSetDataModule(BaseDataModule):
                     "Anomalies from the climatology are all zero for a variable; use "
                     "normalization='variable' or more training years."
                 )
-            stats["out_mean"], stats["out_std"] = climatology, anomaly_var.sqrt()
+            stats["y_mean"], stats["y_std"] = climatology, anomaly_var.sqrt()
         return stats
 
-    def on_after_batch_transfer(
-        self, batch: dict[str, Tensor], dataloader_idx: int
-    ) -> dict[str, Tensor]:
-        """Normalise ``x`` and ``y`` with the training statistics of each sample's climate model."""
-        if self.statistics is None:
-            raise RuntimeError("ClimateSetDataModule has no statistics; call setup() first.")
-        model_id = batch["model_id"]
-        x, y = batch["x"], batch["y"]
-
-        def per_sample(key: str, like: Tensor) -> Tensor:
-            assert self.statistics is not None
-            stat = self.statistics[key].to(like.device)[model_id].to(like.dtype)
-            # (B, C) per variable -> (B, 1, C, 1, 1); climatology (B, T, C, H, W) is used as is.
-            return stat[:, None, :, None, None] if stat.ndim == 2 else stat
-
-        x_mean, x_std = per_sample("in_mean", x), per_sample("in_std", x)
-        y_mean, y_std = per_sample("out_mean", y), per_sample("out_std", y)
-        batch = dict(batch)
-        batch["x"] = (x - x_mean) / x_std
-        batch["y"] = (y - y_mean) / y_std
-        batch["y_mean"], batch["y_std"] = y_mean, y_std
-        return batch
-
-    def state_dict(self) -> dict[str, Any]:
-        """Normalisation statistics, saved by Lightning in every checkpoint."""
-        return {} if self.statistics is None else {k: v.clone() for k, v in self.statistics.items()}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the statistics of a checkpoint, checking they fit this configuration."""
-        if not state_dict:
-            return
+    def statistics_shapes(self) -> dict[str, tuple[int, ...]] | None:
+        """Shapes under this configuration; the climatology's grid is known once set up."""
         n_models, n_in, n_out = len(self.climate_models), len(self.input_names), len(self.out_vars)
-        got = {k: tuple(state_dict[k].shape) if k in state_dict else None for k in _STAT_KEYS}
-        expected = {
-            "in_mean": (n_models, n_in),
-            "in_std": (n_models, n_in),
-            "out_std": (n_models, n_out),
+        shapes: dict[str, tuple[int, ...]] = {
+            "x_mean": (n_models, n_in),
+            "x_std": (n_models, n_in),
+            "y_mean": (n_models, n_out),
+            "y_std": (n_models, n_out),
         }
-        expected["out_mean"] = (n_models, n_out)
-        out_mean = got["out_mean"]
-        if self.normalization == "climatology" and out_mean is not None and len(out_mean) == 5:
-            expected["out_mean"] = (n_models, out_mean[1], n_out, *out_mean[3:])
-        for key, shape in expected.items():
-            if got[key] != shape:
-                raise ValueError(
-                    f"Checkpoint statistics {key!r} have shape {got[key]}, expected {shape} "
-                    f"(climate models x variables, normalization={self.normalization!r}, "
-                    f"cumulative_co2={self.cumulative_co2}). Use the checkpoint's datamodule "
-                    "configuration."
-                )
-        self.statistics = {k: state_dict[k].clone() for k in _STAT_KEYS}
+        if self.normalization == "climatology":
+            if self.latitudes is None or self.longitudes is None:
+                return None
+            months = 12 if self.seq_to_seq else 1
+            grid = (len(self.latitudes), len(self.longitudes))
+            shapes["y_mean"] = (n_models, months, n_out, *grid)
+        return shapes

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -26,10 +24,10 @@ class DigitsDataModule(BaseDataModule):
     Samples are ``{"image": float32 (1, S, S), "label": int64, "index": int64}`` with ``index`` the
     position in the full 1797-image set, so it is stable across splits and runs.
 
-    Normalisation: pixel counts (0..16) are divided by 16, optionally resized bilinearly to
-    ``image_size``, then standardised with the mean and standard deviation of the *training split*
-    pixels. Both statistics are in :meth:`state_dict`, so they travel with Lightning checkpoints.
-    No augmentation is applied (digits are not flip-invariant).
+    Pixel counts (0..16) are divided by 16 and optionally resized bilinearly to ``image_size``.
+    :meth:`train_statistics` gives ``image_mean`` and ``image_std`` ((1,)) of the *training split*
+    pixels, which :class:`~lightning_climate.tasks.ClassificationTask` standardises with (and
+    checkpoints carry). No augmentation is applied (digits are not flip-invariant).
 
     Args:
         batch_size: samples per batch.
@@ -62,8 +60,6 @@ class DigitsDataModule(BaseDataModule):
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.image_size = image_size
-        self.mean: float | None = None
-        self.std: float | None = None
 
     def split_indices(self) -> dict[str, np.ndarray]:
         """Positions in the full data set of the train, val and test images (stratified, seeded)."""
@@ -87,22 +83,21 @@ class DigitsDataModule(BaseDataModule):
             images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
         labels = torch.as_tensor(digits.target, dtype=torch.long)
         splits = {k: torch.as_tensor(v) for k, v in self.split_indices().items()}
-        mean, std = channel_stats(images[splits["train"]], scale=1.0)
-        self.mean, self.std = float(mean), float(std)
 
         def subset(idx: torch.Tensor) -> ImageClassificationDataset:
-            return ImageClassificationDataset(images[idx], labels[idx], idx, mean, std)
+            return ImageClassificationDataset(images[idx], labels[idx], idx)
 
         self.train_dataset = subset(splits["train"])
         self.val_dataset = subset(splits["val"])
         self.test_dataset = subset(splits["test"])
         self.predict_dataset = self.test_dataset
 
-    def state_dict(self) -> dict[str, Any]:
-        """Training-split normalisation statistics, saved in checkpoints."""
-        return {"mean": self.mean, "std": self.std}
+    def compute_train_statistics(self) -> dict[str, torch.Tensor]:
+        """``image_mean`` and ``image_std`` per channel of the training pixels."""
+        assert isinstance(self.train_dataset, ImageClassificationDataset)
+        mean, std = channel_stats(self.train_dataset.images, scale=1.0)
+        return {"image_mean": mean, "image_std": std}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the statistics saved by :meth:`state_dict`."""
-        self.mean = state_dict.get("mean")
-        self.std = state_dict.get("std")
+    def statistics_shapes(self) -> dict[str, tuple[int, ...]]:
+        """One grey channel."""
+        return {"image_mean": (1,), "image_std": (1,)}

@@ -4,30 +4,36 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from lightning_climate.datamodules.base import BaseDataModule
-from lightning_climate.datasets.era5 import ERA5Dataset, FieldNormalizer
+from lightning_climate.datamodules.base import BaseDataModule, renamed_argument
+from lightning_climate.datasets.era5 import ERA5Dataset, generate_era5
 
 __all__ = ["ERA5DataModule"]
 
 
 class ERA5DataModule(BaseDataModule):
-    """Downscaling pairs from ERA5 files, with training-split statistics saved in checkpoints.
+    """Downscaling pairs from ERA5 files in physical units, split by date ranges.
 
-    Samples are ``{"lr", "hr", "index", "time"}`` as documented in
+    Samples are ``{"lr", "hr", "index", "time", "lat"}`` as documented in
     :mod:`lightning_climate.datasets.era5` (the same ``lr``/``hr`` keys as the Navier-Stokes
-    datamodule). Splits are disjoint date ranges (no leakage between neighbouring hours). The
-    normalisation statistics come from the training split's high-resolution fields only, and one
-    affine map is applied to ``hr`` before ``lr`` is pooled from it, so ``lr`` stays the exact
-    block mean of ``hr``. They live in :attr:`normalizer` (buffers) and in this datamodule's
-    ``state_dict``, which Lightning stores in checkpoints and restores before testing.
+    datamodule). Splits are disjoint date ranges (no leakage between neighbouring hours).
+
+    Contract with tasks: :attr:`channels` are the variable names (``t850``, ``t2m``),
+    :attr:`latitudes` the latitudes of the grid rows, and :meth:`train_statistics` gives the
+    per-channel ``hr_min``, ``hr_max``, ``hr_mean`` and ``hr_std`` of the training split's
+    high-resolution fields, which tasks such as
+    :class:`~lightning_climate.tasks.DownscalingTask` normalise with.
 
     Args:
-        paths: ERA5 files, directories or glob patterns (NetCDF in CDS or cfgrib naming, Zarr).
+        root: ERA5 files, directories or glob patterns (NetCDF in CDS or cfgrib naming, Zarr);
+            with ``generate=True`` a folder into which ``prepare_data`` writes ERA5-format
+            files (``era5_<year>.nc``) when it holds none.
         variables: ERA5 short names, e.g. ``["t2m"]`` or ``["t", "z"]``.
         levels: pressure levels (hPa) for pressure-level variables; default all in the files.
         factor: coarsening factor N (``hr`` is cropped to a multiple of N).
@@ -35,14 +41,14 @@ class ERA5DataModule(BaseDataModule):
         val_range: dates of the validation split, or ``None`` for none.
         test_range: dates of the test split, or ``None`` for none.
         patch_size: high-resolution patch size (multiple of N), or ``None`` for full fields.
-        normalization: ``"none"`` (physical units; for tasks that normalise inside, such as
-            :class:`~lightning_climate.tasks.DownscalingTask`, which reads
-            :meth:`train_statistics`), ``"minmax"`` (training range to [0, 1]), ``"zscore"``, or
-            ``"scale"`` (divide by the largest training magnitude: keeps 0 at 0, so the softmax
-            constraint stays valid on test values below the training minimum).
         batch_size: samples per batch.
         num_workers: DataLoader workers (each reopens the files lazily).
         seed: unused by the date split; kept for the common datamodule signature.
+        generate: let ``prepare_data`` write generated ERA5-format files into the folder ``root``.
+        generate_years: years of the generated files.
+        data_seed: seed of the generated fields.
+        paths: deprecated name of ``root``.
+        normalization: deprecated; only ``"none"`` is accepted (tasks normalise).
         storage_options: fsspec options for Zarr URLs; ``None`` reads ``gs://`` and ``s3://``
             anonymously (see :class:`~lightning_climate.datasets.ERA5Dataset`).
 
@@ -50,9 +56,11 @@ class ERA5DataModule(BaseDataModule):
         ValueError: if a date range ends before it starts or two ranges overlap.
     """
 
+    data_name = "ERA5 files"
+
     def __init__(
         self,
-        paths: str | Sequence[str],
+        root: str | Sequence[str] = "data/era5",
         variables: Sequence[str] = ("t2m",),
         levels: Sequence[float] | None = None,
         factor: int = 2,
@@ -60,19 +68,33 @@ class ERA5DataModule(BaseDataModule):
         val_range: tuple[str, str] | None = None,
         test_range: tuple[str, str] | None = None,
         patch_size: int | None = None,
-        normalization: Literal["none", "minmax", "zscore", "scale"] = "none",
         batch_size: int = 8,
         num_workers: int = 0,
         seed: int = 0,
+        generate: bool = False,
+        generate_years: Sequence[int] = (2000,),
+        data_seed: int = 0,
+        paths: str | Sequence[str] | None = None,
+        normalization: Literal["none"] | None = None,
         storage_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
-        if normalization not in ("none", "minmax", "zscore", "scale"):
+        root = renamed_argument(type(self).__name__, "paths", paths, "root", root)
+        if normalization is not None:
+            renamed_argument(type(self).__name__, "normalization", normalization, "(none)", None)
+            if normalization != "none":
+                raise ValueError(
+                    f"ERA5DataModule(normalization={normalization!r}) is no longer supported: "
+                    "samples are in physical units and tasks normalise with the training "
+                    "statistics (DownscalingTask: min-max). Remove the argument."
+                )
+        if factor < 1:
+            raise ValueError(f"factor must be a positive integer, got {factor}.")
+        if patch_size is not None and (patch_size < factor or patch_size % factor):
             raise ValueError(
-                "normalization must be 'none', 'minmax', 'zscore' or 'scale', got "
-                f"{normalization!r}."
+                f"patch_size={patch_size} must be a positive multiple of factor={factor}."
             )
-        self.paths = [os.fspath(paths)] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        self.root = [os.fspath(root)] if isinstance(root, str | os.PathLike) else list(root)
         self.variables = list(variables)
         self.levels = None if levels is None else list(levels)
         self.factor = factor
@@ -80,100 +102,77 @@ class ERA5DataModule(BaseDataModule):
         _check_disjoint(self.ranges)
         self.storage_options = storage_options
         self.patch_size = patch_size
-        self.normalization = normalization
-        self.normalizer: FieldNormalizer | None = None
-        self._loaded_state: dict[str, Any] | None = None
-        self._raw_stats: dict[str, torch.Tensor] | None = None
-        self.channels: list[str] = []
+        self.generate = generate
+        self.generate_years = [int(y) for y in generate_years]
+        self.data_seed = data_seed
+
+    def prepare_data(self) -> None:
+        """With ``generate``, write ERA5-format files into ``root`` if it holds no ``.nc`` file."""
+        if not self.generate:
+            return
+        if len(self.root) != 1:
+            raise ValueError(
+                f"generate=True writes into one folder; root lists {len(self.root)} entries."
+            )
+        folder = Path(self.root[0])
+        if folder.is_dir() and any(folder.glob("*.nc")):
+            return
+        generate_era5(folder, years=self.generate_years, seed=self.data_seed)
 
     def _dataset(self, split: str) -> ERA5Dataset | None:
         time_range = self.ranges[split]
         if time_range is None and split != "train":
             return None
         return ERA5Dataset(
-            self.paths,
+            self.root,
             self.variables,
             self.levels,
             self.factor,
             None if time_range is None else (str(time_range[0]), str(time_range[1])),
             self.patch_size,
-            self.normalizer,
             storage_options=self.storage_options,
         )
 
     def setup(self, stage: str) -> None:
-        """Index the files, fit the statistics on the training split, build the split datasets."""
-        train = ERA5Dataset(
-            self.paths,
-            self.variables,
-            self.levels,
-            self.factor,
-            None if self.ranges["train"] is None else tuple(map(str, self.ranges["train"])),
-            self.patch_size,
-            storage_options=self.storage_options,
-        )
-        self.channels = train.channels
-        if self.normalizer is None:
-            self.normalizer = FieldNormalizer(len(self.channels))
-            if self._loaded_state is not None:
-                self._apply_state(self._loaded_state)
-            else:
-                self._raw_stats = FieldNormalizer.statistics(train)
-                self.normalizer.set_from(self._raw_stats, self.normalization)
-        train.normalizer = self.normalizer
+        """Index the files and build the split datasets (no statistics are computed here)."""
+        train = self._dataset("train")
+        assert train is not None
+        self.channels = list(train.channels)
+        self.latitudes = torch.as_tensor(train.latitudes, dtype=torch.float32)
         self.train_dataset = train
         self.val_dataset = self._dataset("val")
         self.test_dataset = self._dataset("test")
         self.predict_dataset = self.test_dataset
 
-    def state_dict(self) -> dict[str, Any]:
-        """Normalisation statistics of the training split (empty before ``setup``)."""
-        if self.normalizer is None:
-            return {}
-        assert self._raw_stats is not None
-        return {
-            "channels": list(self.channels),
-            "offset": self.normalizer.offset.clone(),
-            "scale": self.normalizer.scale.clone(),
-            **{f"raw_{k}": v.clone() for k, v in self._raw_stats.items()},
-        }
-
-    def train_statistics(self) -> dict[str, torch.Tensor]:
-        """Per-channel ``min``/``max`` (and ``mean``/``std``) of the training ``hr`` as delivered.
-
-        In the units of the samples (after this datamodule's normalisation), for tasks that
-        normalise inside (:class:`~lightning_climate.tasks.DownscalingTask`). Call after ``setup``.
-        """
-        if self.normalizer is None or self._raw_stats is None:
-            raise RuntimeError("call setup('fit') before train_statistics().")
-        scale, offset = self.normalizer.scale, self.normalizer.offset
-        return {
-            "min": (self._raw_stats["min"] - offset) / scale,
-            "max": (self._raw_stats["max"] - offset) / scale,
-            "mean": (self._raw_stats["mean"] - offset) / scale,
-            "std": self._raw_stats["std"] / scale,
-        }
-
-    def _apply_state(self, state: dict[str, Any]) -> None:
-        assert self.normalizer is not None
-        if state["channels"] != self.channels:
+    def compute_train_statistics(self) -> dict[str, Tensor]:
+        """Per-channel ``hr_min``, ``hr_max``, ``hr_mean``, ``hr_std`` of the training fields (one pass)."""
+        dataset = self.train_dataset
+        assert isinstance(dataset, ERA5Dataset)
+        lo = hi = total = squares = None
+        count = 0
+        for i in range(dataset.num_fields):
+            flat = dataset.read_field(i).double().flatten(1)
+            mins, maxs = flat.min(1).values, flat.max(1).values
+            lo = mins if lo is None else torch.minimum(lo, mins)
+            hi = maxs if hi is None else torch.maximum(hi, maxs)
+            total = flat.sum(1) if total is None else total + flat.sum(1)
+            squares = (flat**2).sum(1) if squares is None else squares + (flat**2).sum(1)
+            count += flat.shape[1]
+        if lo is None or hi is None or total is None or squares is None:
             raise ValueError(
-                f"the checkpoint's statistics are for channels {state['channels']} but this "
-                f"datamodule reads {self.channels}; use the same variables and levels as in training."
+                f"the training range {self.ranges['train']} selects no field of {self.root}; "
+                "widen train_range."
             )
-        self.normalizer.offset.copy_(torch.as_tensor(state["offset"]))
-        self.normalizer.scale.copy_(torch.as_tensor(state["scale"]))
-        self._raw_stats = {
-            k: torch.as_tensor(state[f"raw_{k}"]) for k in ("min", "max", "mean", "std")
-        }
+        mean = total / count
+        std = (squares / count - mean**2).clamp_min(0).sqrt()
+        return {"hr_min": lo, "hr_max": hi, "hr_mean": mean, "hr_std": std}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore statistics saved by :meth:`state_dict` (before or after ``setup``)."""
-        if not state_dict:
-            return
-        self._loaded_state = dict(state_dict)
-        if self.normalizer is not None:
-            self._apply_state(self._loaded_state)
+    def statistics_shapes(self) -> dict[str, tuple[int, ...]] | None:
+        """One value per channel, once the channels are known."""
+        if self.channels is None:
+            return None
+        c = (len(self.channels),)
+        return {"hr_min": c, "hr_max": c, "hr_mean": c, "hr_std": c}
 
 
 def _check_disjoint(ranges: dict[str, tuple[str, str] | None]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -9,15 +10,15 @@ from pathlib import Path
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_climate.datamodules.base import BaseDataModule
+from lightning_climate.datamodules.base import BaseDataModule, renamed_argument
 from lightning_climate.datasets.downscaling import BlockMeanPairs
-from lightning_climate.datasets.navier_stokes import (
-    NavierStokesTrajectories,
-    generate_navier_stokes,
-)
+from lightning_climate.datasets.navier_stokes import NavierStokesTrajectories
+from lightning_climate.datasets.navier_stokes_generate import generate_navier_stokes
 from lightning_climate.layers.constraints import block_mean
 
 __all__ = ["NavierStokesDataModule"]
+
+_FILE_SUFFIXES = (".h5", ".hdf5", ".mat", ".pt", ".pth")
 
 
 class NavierStokesDataModule(BaseDataModule):
@@ -33,14 +34,18 @@ class NavierStokesDataModule(BaseDataModule):
     input, e.g. ``(1, 2, 4)`` for the 1×, learned 2× and zero-shot 4× protocol of DFNO; the test
     sets are named ``x1``, ``x2``, ``x4``.
 
-    Data: with ``path=None`` the module generates, in ``prepare_data``, a set with the pseudo-spectral
-    solver of :mod:`lightning_climate.datasets.navier_stokes` into ``data_dir`` (once; later runs
-    reuse the file). ``path`` may instead name an existing HDF5 file of that generator or a
-    published FNO ``.mat`` file (``NavierStokes_V1e-3_N5000_T50.mat`` and friends).
+    Data (``root``): a folder, into which ``prepare_data`` writes a set made by the
+    pseudo-spectral solver of :mod:`lightning_climate.datasets.navier_stokes_solver` when
+    ``generate=True`` (once; the file name records every generator argument, and later runs reuse
+    it); or an existing file: an HDF5 file of that generator, a published FNO ``.mat`` file
+    (``NavierStokes_V1e-3_N5000_T50.mat`` and friends) or one of neuraloperator's
+    ``nsforcing_{train,test}_{res}.pt`` files (by suffix; its vorticity ``y`` is downscaled, one
+    snapshot per sample).
+
+    Statistics (:meth:`train_statistics`): ``hr_min`` and ``hr_max`` of the training targets.
 
     Args:
-        data_dir: folder of generated files.
-        path: an existing data file to read instead of generating one.
+        root: folder of generated files, or an existing data file.
         resolution: grid of the training targets ``hr``.
         factor: training downscaling factor; the input grid is ``resolution // factor``.
         test_factors: factors of the test sets, all from the same input grid.
@@ -56,12 +61,16 @@ class NavierStokesDataModule(BaseDataModule):
         batch_size: samples per batch.
         num_workers: DataLoader workers.
         seed: seed of the trajectory split.
+        generate: let ``prepare_data`` write the generated file into the folder ``root``.
+        data_dir: deprecated name of ``root`` (a folder).
+        path: deprecated name of ``root`` (a file).
     """
+
+    data_name = "Navier–Stokes data file"
 
     def __init__(
         self,
-        data_dir: str | os.PathLike[str] = "data/navier_stokes",
-        path: str | os.PathLike[str] | None = None,
+        root: str | os.PathLike[str] = "data/navier_stokes",
         resolution: int = 32,
         factor: int = 2,
         test_factors: Sequence[int] = (1, 2, 4),
@@ -77,14 +86,30 @@ class NavierStokesDataModule(BaseDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         seed: int = 0,
+        generate: bool = False,
+        data_dir: str | os.PathLike[str] | None = None,
+        path: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
+        root = renamed_argument(type(self).__name__, "data_dir", data_dir, "root", root)
+        root = renamed_argument(type(self).__name__, "path", path, "root", root)
+        for name, value in (
+            ("resolution", resolution),
+            ("num_trajectories", num_trajectories),
+            ("file_resolution", file_resolution),
+            ("record_steps", record_steps),
+        ):
+            if int(value) != value or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value}.")
+        for name, value in (("viscosity", viscosity), ("t_final", t_final), ("dt", dt)):
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive finite number, got {value}.")
         if factor < 1 or resolution % factor:
             raise ValueError(
                 f"factor={factor} must be a positive integer dividing resolution={resolution}; "
                 f"choose e.g. resolution={resolution - resolution % max(factor, 1) or factor}."
             )
-        if any(int(f) != f or f < 1 for f in test_factors):
+        if not test_factors or any(int(f) != f or f < 1 for f in test_factors):
             raise ValueError(f"test_factors must be positive integers, got {list(test_factors)}.")
         if (
             not 0 <= val_fraction < 1
@@ -95,12 +120,13 @@ class NavierStokesDataModule(BaseDataModule):
                 "val_fraction and test_fraction must be in [0, 1) and sum to less than 1, got "
                 f"{val_fraction} and {test_fraction}."
             )
-        self.data_dir = Path(data_dir)
-        self.path = Path(path) if path is not None else None
+        self.root = Path(root)
         self.resolution = resolution
         self.factor = factor
         self.lr_resolution = resolution // factor
         self.test_factors = [int(f) for f in test_factors]
+        if not self.is_file:
+            self._check_grid_sizes(file_resolution, f"file_resolution={file_resolution}")
         self.num_trajectories = num_trajectories
         self.file_resolution = file_resolution
         self.viscosity = viscosity
@@ -110,32 +136,32 @@ class NavierStokesDataModule(BaseDataModule):
         self.data_seed = data_seed
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
+        self.generate = generate
         self._trajectories: NavierStokesTrajectories | None = None
-        self._statistics: dict[str, torch.Tensor] | None = None
+
+    @property
+    def is_file(self) -> bool:
+        """Whether ``root`` names a data file (by suffix) rather than a folder of generated files."""
+        return self.root.suffix.lower() in _FILE_SUFFIXES
 
     @property
     def file_path(self) -> Path:
-        """The data file: ``path`` if given, else a generated file named after its parameters."""
-        if self.path is not None:
-            return self.path
+        """The data file: ``root`` if it is a file, else the generated file named after its parameters."""
+        if self.is_file:
+            return self.root
         name = (
             f"ns_res{self.file_resolution}_nu{self.viscosity:g}_T{self.t_final:g}"
             f"_steps{self.record_steps}_dt{self.dt:g}_n{self.num_trajectories}_seed{self.data_seed}.h5"
         )
-        return self.data_dir / name
+        return self.root / name
 
     def prepare_data(self) -> None:
-        """Generate the data file unless it exists (or was given by ``path``)."""
-        if self.path is not None:
-            if not self.path.exists():
-                raise FileNotFoundError(
-                    f"Navier–Stokes file {self.path} does not exist; fix `path`, or set path=None "
-                    f"to generate a data set into data_dir={str(self.data_dir)!r}."
-                )
-            return
+        """Generate the data file if it is missing and ``generate`` is set (never overwrites)."""
         if self.file_path.exists():
             rank_zero_info(f"Navier–Stokes data: reusing {self.file_path}")
             return
+        if self.is_file or not self.generate:
+            raise self.missing_data_error(self.file_path)
         rank_zero_info(f"Navier–Stokes data: generating {self.file_path}")
         generate_navier_stokes(
             self.file_path,
@@ -148,16 +174,20 @@ class NavierStokesDataModule(BaseDataModule):
             seed=self.data_seed,
         )
 
-    def _check_grids(self, trajectories: NavierStokesTrajectories) -> None:
-        grid = trajectories.resolution
+    def _check_grid_sizes(self, grid: int, source: str) -> None:
         grids = {"resolution": self.resolution}
         grids.update({f"test factor {f}": self.lr_resolution * f for f in self.test_factors})
-        for what, size in grids.items():
-            if grid % size:
-                raise ValueError(
-                    f"{trajectories.path} holds {grid}x{grid} fields, which cannot be block-averaged "
-                    f"to the {size}x{size} grid of the {what}; choose grids that divide {grid}."
-                )
+        bad = {what: size for what, size in grids.items() if grid % size}
+        if bad:
+            raise ValueError(
+                f"{source} holds {grid}x{grid} fields, which cannot be block-averaged to the grid "
+                f"of {', '.join(f'the {w} ({s}x{s})' for w, s in bad.items())}; choose "
+                f"resolution, factor and test_factors whose grids divide {grid} (e.g. "
+                f"test_factors={[f for f in self.test_factors if grid % (self.lr_resolution * f) == 0]})."
+            )
+
+    def _check_grids(self, trajectories: NavierStokesTrajectories) -> None:
+        self._check_grid_sizes(trajectories.resolution, str(trajectories.path))
 
     def _split(self, num: int) -> dict[str, list[int]]:
         order = torch.randperm(num, generator=torch.Generator().manual_seed(self.seed)).tolist()
@@ -181,10 +211,7 @@ class NavierStokesDataModule(BaseDataModule):
     def setup(self, stage: str) -> None:
         """Open the file, split trajectories and build the per-split datasets."""
         if not self.file_path.exists():
-            raise FileNotFoundError(
-                f"Navier–Stokes file {self.file_path} does not exist; call prepare_data() first "
-                "(the Trainer does this), or pass `path` to an existing file."
-            )
+            raise self.missing_data_error(self.file_path)
         trajectories = NavierStokesTrajectories(self.file_path)
         self._check_grids(trajectories)
         self._trajectories = trajectories
@@ -209,17 +236,17 @@ class NavierStokesDataModule(BaseDataModule):
         steps = self._trajectories.num_steps
         return self._trajectories[index // steps][index % steps].unsqueeze(0)
 
-    def train_statistics(self) -> dict[str, torch.Tensor]:
-        """Per-channel ``min`` and ``max`` of the training targets (at ``resolution``)."""
-        if self._statistics is None:
-            if self._trajectories is None:
-                self.setup("fit")
-            assert self._trajectories is not None
-            steps = self._trajectories.num_steps
-            hr_factor = self._trajectories.resolution // self.resolution
-            lo, hi = float("inf"), float("-inf")
-            for t in sorted({i // steps for i in self._train_indices}):
-                hr = block_mean(self._trajectories[t], hr_factor)
-                lo, hi = min(lo, hr.min().item()), max(hi, hr.max().item())
-            self._statistics = {"min": torch.tensor([lo]), "max": torch.tensor([hi])}
-        return self._statistics
+    def compute_train_statistics(self) -> dict[str, torch.Tensor]:
+        """``hr_min`` and ``hr_max`` (per channel) of the training targets at ``resolution``."""
+        assert self._trajectories is not None
+        steps = self._trajectories.num_steps
+        hr_factor = self._trajectories.resolution // self.resolution
+        lo, hi = float("inf"), float("-inf")
+        for t in sorted({i // steps for i in self._train_indices}):
+            hr = block_mean(self._trajectories[t], hr_factor)
+            lo, hi = min(lo, hr.min().item()), max(hi, hr.max().item())
+        return {"hr_min": torch.tensor([lo]), "hr_max": torch.tensor([hi])}
+
+    def statistics_shapes(self) -> dict[str, tuple[int, ...]]:
+        """One channel of vorticity."""
+        return {"hr_min": (1,), "hr_max": (1,)}

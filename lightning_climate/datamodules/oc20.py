@@ -13,10 +13,13 @@ Two ways to get data:
   ``ood_ads``, ``ood_cat`` and ``ood_both`` systems, each halved into a validation and a test set;
   the remaining systems are split into train / ``val_id`` / ``test_id``.
 
+Loaders are named ``id``, ``ood_ads``, ``ood_cat``, ``ood_both`` in both the validation and the
+test split, so tasks log ``val_id_energy_mae``, ``test_ood_ads_energy_mae``, ...
+
 Samples are PyG ``Data`` (:class:`~lightning_climate.datasets.oc20.OC20Data`, with ``index``) and
-are batched with PyG's collater. Target statistics (mean and std of the energy over the training
-split) are exposed as :attr:`target_mean` / :attr:`target_std` after ``setup``; the task copies them
-into its buffers so they travel with checkpoints.
+are batched with PyG's collater. :meth:`~OC20DataModule.train_statistics` gives the mean and std
+of the energy target over the training split (``y_relaxed_mean``/``y_relaxed_std`` for IS2RE,
+``energy_mean``/``energy_std`` for S2EF), or the fixed ``target_mean``/``target_std``.
 """
 
 from __future__ import annotations
@@ -74,6 +77,11 @@ def _groups(
     return np.asarray(sids), ads, cat
 
 
+def _loader_names(paths: Mapping[str, str] | None, split: str) -> dict[str, str]:
+    """Loader name -> path, without a leading ``"{split}_"`` (``val_id`` and ``id`` both give ``id``)."""
+    return {name.removeprefix(f"{split}_"): path for name, path in (paths or {}).items()}
+
+
 class OC20DataModule(BaseDataModule):
     """OC20 IS2RE/S2EF data as PyG graphs (see the module docstring).
 
@@ -83,7 +91,8 @@ class OC20DataModule(BaseDataModule):
         train_path: LMDB file or shard directory of the training split (real data mode).
         val_paths: name -> LMDB of each validation split (real data mode).
         test_paths: name -> LMDB of each test split (real data mode).
-        generate: let ``prepare_data`` write ``root/<task>`` with the EMT generator if missing.
+        generate: let ``prepare_data`` write ``root/<task>`` with the EMT generator if missing
+            (without it, missing generated data is an error naming ``root``).
         num_systems: systems to generate.
         val_fraction: share of in-domain systems for ``val_id`` (generated mode).
         test_fraction: share of in-domain systems for ``test_id`` (generated mode).
@@ -100,7 +109,10 @@ class OC20DataModule(BaseDataModule):
         batch_size: graphs per batch.
         num_workers: DataLoader workers.
         seed: seed of the splits.
+        data_seed: seed of the generated systems.
     """
+
+    data_name = "OC20 LMDB files"
 
     collate_fn = Collater(dataset=None)
 
@@ -111,7 +123,7 @@ class OC20DataModule(BaseDataModule):
         train_path: str | None = None,
         val_paths: dict[str, str] | None = None,
         test_paths: dict[str, str] | None = None,
-        generate: bool = True,
+        generate: bool = False,
         num_systems: int = 64,
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,
@@ -127,6 +139,7 @@ class OC20DataModule(BaseDataModule):
         batch_size: int = 16,
         num_workers: int = 0,
         seed: int = 0,
+        data_seed: int = 0,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         if task not in _TARGET:
@@ -147,8 +160,9 @@ class OC20DataModule(BaseDataModule):
         self.root = Path(root)
         self.task = task
         self.train_path = train_path
-        self.val_paths = dict(val_paths or {})
-        self.test_paths = dict(test_paths or {})
+        self.val_paths = _loader_names(val_paths, "val")
+        self.test_paths = _loader_names(test_paths, "test")
+        self.data_seed = data_seed
         self.generate = generate
         self.num_systems = num_systems
         self.val_fraction = val_fraction
@@ -175,8 +189,11 @@ class OC20DataModule(BaseDataModule):
 
     def prepare_data(self) -> None:
         """Write the generated data set if it is missing and ``generate`` is set (files only)."""
-        if self.train_path is None and self.generate and not any(self.data_path.glob("*.lmdb")):
-            generate_oc20(self.root, num_systems=self.num_systems, seed=self.seed, s2ef=True)
+        if self.train_path is not None or any(self.data_path.glob("*.lmdb")):
+            return
+        if not self.generate:
+            raise self.missing_data_error(self.data_path)
+        generate_oc20(self.root, num_systems=self.num_systems, seed=self.data_seed, s2ef=True)
 
     def _dataset(self, path: str | os.PathLike[str]) -> OC20LMDBDataset:
         required = (self.target_key, "force") if self.task == "s2ef" else (self.target_key,)
@@ -216,17 +233,21 @@ class OC20DataModule(BaseDataModule):
                 "lower val_fraction, test_fraction and ood_fraction."
             )
         self.train_dataset = Subset(dataset, split["train"])
-        val: dict[str, Dataset[Any]] = {"val_id": Subset(dataset, split["val_id"])}
-        test: dict[str, Dataset[Any]] = {"test_id": Subset(dataset, split["test_id"])}
+        val: dict[str, Dataset[Any]] = {"id": Subset(dataset, split["val_id"])}
+        test: dict[str, Dataset[Any]] = {"id": Subset(dataset, split["test_id"])}
         for name in ("ood_ads", "ood_cat", "ood_both"):
             pool_sys = np.unique(sids[pools[name]])
             rng.shuffle(pool_sys)
             half = set(pool_sys[: (len(pool_sys) + 1) // 2])
-            val[f"val_{name}"] = Subset(dataset, [i for i in pools[name] if sids[i] in half])
-            test[f"test_{name}"] = Subset(dataset, [i for i in pools[name] if sids[i] not in half])
+            val[name] = Subset(dataset, [i for i in pools[name] if sids[i] in half])
+            test[name] = Subset(dataset, [i for i in pools[name] if sids[i] not in half])
         self.val_dataset = {k: v for k, v in val.items() if len(v) > 0}
         self.test_dataset = {k: v for k, v in test.items() if len(v) > 0}
-        self.split_indices = {**split, **{k: list(v.indices) for k, v in {**val, **test}.items()}}
+        self.split_indices = {
+            "train": split["train"],
+            **{f"val_{k}": list(v.indices) for k, v in val.items()},
+            **{f"test_{k}": list(v.indices) for k, v in test.items()},
+        }
 
     def setup(self, stage: str | None = None) -> None:
         """Build the splits (fixed seed, identical on every rank) and the target statistics."""
@@ -237,14 +258,23 @@ class OC20DataModule(BaseDataModule):
             self.val_dataset = {k: self._dataset(v) for k, v in self.val_paths.items()} or None
             self.test_dataset = {k: self._dataset(v) for k, v in self.test_paths.items()} or None
         self.predict_dataset = self.test_dataset
-        if self.target_mean is None or self.target_std is None:
+
+    def compute_train_statistics(self) -> dict[str, torch.Tensor]:
+        """Mean and std of the energy target (``y_relaxed_*`` or ``energy_*``), or the fixed ones."""
+        mean, std = self.target_mean, self.target_std
+        if mean is None or std is None:
             targets = self._training_targets()
-            if self.target_mean is None:
-                self.target_mean = float(targets.mean())
-            if self.target_std is None:
-                self.target_std = float(targets.std()) if targets.numel() > 1 else 1.0
-                if self.target_std <= 0:
-                    self.target_std = 1.0
+            if mean is None:
+                mean = float(targets.mean())
+            if std is None:
+                std = float(targets.std()) if targets.numel() > 1 else 1.0
+                std = std if std > 0 else 1.0
+        key = self.target_key
+        return {f"{key}_mean": torch.tensor(mean), f"{key}_std": torch.tensor(std)}
+
+    def statistics_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Two scalars."""
+        return {f"{self.target_key}_mean": (), f"{self.target_key}_std": ()}
 
     def _training_targets(self) -> torch.Tensor:
         assert self.train_dataset is not None
@@ -253,18 +283,6 @@ class OC20DataModule(BaseDataModule):
         else:
             base, indices = self.train_dataset, list(range(len(self.train_dataset)))  # type: ignore[arg-type]
         assert isinstance(base, OC20LMDBDataset)
-        values = []
-        for i in indices:
-            raw = base.raw(i)
-            key = self.target_key if self.target_key in raw else "y"
-            values.append(float(np.asarray(raw[key]).reshape(-1)[0]))
+        # a NaN/Inf target is an error naming the entry and file, never a NaN statistic
+        values = [base.target(i, self.target_key) for i in indices]
         return torch.tensor(values, dtype=torch.float64)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Target statistics, so a resumed run normalises exactly as the first one."""
-        return {"target_mean": self.target_mean, "target_std": self.target_std}
-
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore the target statistics saved by :meth:`state_dict`."""
-        self.target_mean = state_dict["target_mean"]
-        self.target_std = state_dict["target_std"]

@@ -10,13 +10,15 @@ from lightning_climate.datasets.climateset_generate import generate_climateset
 from lightning_climate.datasets.era5 import ERA5Dataset, FieldNormalizer
 from lightning_climate.datasets.era5_generate import generate_era5
 from lightning_climate.datasets.images import ImageClassificationDataset
-from lightning_climate.datasets.navier_stokes import (
-    NavierStokesTrajectories,
-    gaussian_random_field,
+from lightning_climate.datasets.navier_stokes import NavierStokesTrajectories
+from lightning_climate.datasets.navier_stokes_generate import (
     generate_navier_stokes,
+    trajectory_generator,
+)
+from lightning_climate.datasets.navier_stokes_solver import (
+    gaussian_random_field,
     li_forcing,
     solve_vorticity,
-    trajectory_generator,
 )
 from lightning_climate.datasets.oc20 import (
     OC20Data,

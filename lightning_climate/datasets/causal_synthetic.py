@@ -180,25 +180,19 @@ def read_causal_synthetic(path: str | os.PathLike[str]) -> dict[str, Any]:
 class CausalSyntheticDataset(Dataset[dict[str, Tensor]]):
     """Windows of a gridded series: sample ``i`` starts at time ``starts[i]``.
 
-    Samples are ``{"x": (window_length, V, height, width) float32, "index": int64 scalar}``,
-    standardised with the given ``mean`` and ``std``.
+    Samples are ``{"x": (window_length, V, height, width) float32, "index": int64 scalar}`` in the
+    units of the series (tasks standardise).
 
     Args:
         series: ``(time, V, height, width)`` array.
         starts: first time step of each window.
         window_length: time steps per window.
-        mean: subtracted from every value.
-        std: divides every value after subtracting ``mean``.
     """
 
-    def __init__(
-        self, series: Any, starts: Any, window_length: int, mean: float = 0.0, std: float = 1.0
-    ) -> None:
+    def __init__(self, series: Any, starts: Any, window_length: int) -> None:
         self.series = torch.as_tensor(series, dtype=torch.float32)
         self.starts = torch.as_tensor(starts, dtype=torch.long)
         self.window_length = window_length
-        self.mean = mean
-        self.std = std
         if len(self.starts) and int(self.starts.max()) + window_length > len(self.series):
             raise ValueError("a window runs past the end of the series.")
 
@@ -208,4 +202,4 @@ class CausalSyntheticDataset(Dataset[dict[str, Tensor]]):
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         start = int(self.starts[index])
         window = self.series[start : start + self.window_length]
-        return {"x": (window - self.mean) / self.std, "index": torch.tensor(index)}
+        return {"x": window, "index": torch.tensor(index)}

@@ -27,6 +27,7 @@ then the sample's SSP from 2015, whatever years the split itself uses.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from lightning_climate.datasets.integrity import check_plausible
 from lightning_climate.utils import lazy_import
 
 __all__ = [
@@ -61,14 +63,43 @@ __all__ = [
 INPUT_VARS: tuple[str, ...] = ("BC_sum", "CH4_sum", "CO2_sum", "SO2_sum")
 #: CMIP6 outputs of the benchmark: near-surface air temperature (K), precipitation (kg m-2 s-1).
 OUTPUT_VARS: tuple[str, ...] = ("tas", "pr")
-#: Climate model -> (historical, ssp) fire variant of the forcings it was run with; any other
-#: model used ("anthro-fires", "anthro-fires") (ClimateSet ``OPENBURNING_MODEL_MAPPING``).
+_NO_FIRES = ("no-fires", "no-fires")
+_ANTHRO = ("anthro-fires", "anthro-fires")
+_ANTHRO_THEN_ALL = ("anthro-fires", "all-fires")
+#: Climate model -> (historical, ssp) fire variant of the forcings it was run with: upstream's
+#: ``OPENBURNING_MODEL_MAPPING`` (emulator/src/data/constants.py), whose "other" entry
+#: (anthro-fires, anthro-fires) is written out for each of the 21 models of the published release.
+#: Upstream spells MRI-ESM2-0 "MRI-ESM-2.0", a name no released folder has, so upstream's loader
+#: actually gives MRI-ESM2-0 the "other" variant; both spellings map to the intended one here.
+#: CNRM-ESM2-1 and MPI-ESM1-2-LR are in upstream's mapping but not in the release.
 FIRE_SPECS: dict[str, tuple[str, str]] = {
-    "NorESM2-LM": ("no-fires", "no-fires"),
-    "TaiESM1": ("anthro-fires", "all-fires"),
-    "CESM2": ("anthro-fires", "all-fires"),
+    "AWI-CM-1-1-MR": _ANTHRO,
+    "BCC-CSM2-MR": _ANTHRO,
+    "CAMS-CSM1-0": _ANTHRO,
+    "CAS-ESM2-0": _ANTHRO,
+    "CESM2": _ANTHRO_THEN_ALL,
+    "CESM2-WACCM": _NO_FIRES,
+    "CMCC-CM2-SR5": _ANTHRO,
+    "CMCC-ESM2": _NO_FIRES,
+    "CNRM-CM6-1-HR": _ANTHRO,
+    "CNRM-ESM2-1": _ANTHRO,
+    "EC-Earth3": _ANTHRO,
+    "EC-Earth3-Veg": _ANTHRO,
+    "EC-Earth3-Veg-LR": _ANTHRO,
+    "FGOALS-f3-L": _ANTHRO,
+    "GFDL-ESM4": _NO_FIRES,
+    "INM-CM4-8": _ANTHRO,
+    "INM-CM5-0": _ANTHRO,
+    "MPI-ESM1-2-HR": _ANTHRO,
+    "MPI-ESM1-2-LR": _ANTHRO,
+    "MRI-ESM2-0": _ANTHRO_THEN_ALL,
+    "MRI-ESM-2.0": _ANTHRO_THEN_ALL,
+    "NorESM2-LM": _NO_FIRES,
+    "NorESM2-MM": _NO_FIRES,
+    "TaiESM1": _ANTHRO_THEN_ALL,
 }
-_DEFAULT_FIRE_SPEC = ("anthro-fires", "anthro-fires")
+#: Variant of any other model (upstream's "other" entry).
+_DEFAULT_FIRE_SPEC = _ANTHRO
 #: Variables without a fire variant (no open-burning component).
 _NO_FIRE_VARS = frozenset({"CO2_sum"})
 
@@ -89,11 +120,27 @@ def fire_spec(climate_model: str, scenario: str, variable: str) -> str | None:
     """File-name substring of the fire variant of ``variable`` forcing ``climate_model``.
 
     Returns ``None`` for variables that have a single variant (``CO2_sum``) and for outputs.
+    A model not in :data:`FIRE_SPECS` gets upstream's default (anthro-fires) with a warning; add
+    it to :data:`FIRE_SPECS` to choose another.
     """
     if variable in _NO_FIRE_VARS or variable not in INPUT_VARS:
         return None
+    if climate_model not in FIRE_SPECS:
+        _warn_unknown_model(climate_model)
     historical, ssp = FIRE_SPECS.get(climate_model, _DEFAULT_FIRE_SPEC)
     return historical if scenario == "historical" else ssp
+
+
+@functools.cache
+def _warn_unknown_model(climate_model: str) -> None:
+    """Warn once per model that its fire variant is upstream's default, not a known one."""
+    warnings.warn(
+        f"Climate model {climate_model!r} is not in ClimateSet's fire-variant table (FIRE_SPECS); "
+        f"its BC/CH4/SO2 forcings use upstream's default {_DEFAULT_FIRE_SPEC} "
+        "(historical, ssp). If it was run with other open-burning emissions, set "
+        "lightning_climate.datasets.climateset.FIRE_SPECS[model] = (historical, ssp).",
+        stacklevel=3,
+    )
 
 
 def output_dir(
@@ -195,7 +242,16 @@ def read_monthly_field(path: str | Path, variable: str, year: int) -> MonthlyFie
                 f"one of {_TIME_NAMES}, {_LAT_NAMES}, {_LON_NAMES}."
             )
         units_attr = str(getattr(var, "units", ""))
-        values = np.ma.filled(var[:].astype(np.float32), np.nan)
+        values = np.ma.filled(_read_variable(path, var).astype(np.float32), np.nan)
+        if (np.abs(values) >= _FILL_THRESHOLD).any():
+            count = int((np.abs(values) >= _FILL_THRESHOLD).sum())
+            raise ValueError(
+                f"{path}: {count} values of {name!r} are >= {_FILL_THRESHOLD:g} in magnitude, fill "
+                f"values (CMIP6 writes 1e20) that the variable does not declare with a `_FillValue` "
+                f"or `missing_value` attribute, so they would be read as data. Declare it (e.g. "
+                f"`ncatted -a _FillValue,{name},o,f,1e20 {Path(path).name}`) and fill the masked "
+                f"cells, or use a file without gaps."
+            )
         values = np.transpose(
             values, [dims.index(time_dim), dims.index(lat_dim), dims.index(lon_dim)]
         )
@@ -228,6 +284,27 @@ def read_monthly_field(path: str | Path, variable: str, year: int) -> MonthlyFie
         calendar=str(calendar),
         units=units_attr,
     )
+
+
+#: Magnitude from which a value is a fill value, never data (CMIP6: 1e20; netCDF default 9.97e36).
+_FILL_THRESHOLD = 1e19
+
+
+def _read_variable(path: str | Path, var: Any) -> np.ma.MaskedArray:
+    """``var[:]``, with a checksum or HDF5 read failure reported as damage to ``path``."""
+    try:
+        return var[:]
+    except RuntimeError as err:
+        checksummed = bool(var.filters().get("fletcher32")) if var.filters() else False
+        why = (
+            "its fletcher32 checksum does not match: the file is damaged"
+            if checksummed
+            else "the file is damaged or truncated"
+        )
+        raise ValueError(
+            f"{path}: reading {var.name!r} failed ({err}); {why}. Download it again (and check it "
+            "with `python -m lightning_climate.datasets.integrity MANIFEST`), or regenerate it."
+        ) from err
 
 
 def _find_file(folder: Path, substring: str | None, fix: str) -> Path:
@@ -415,10 +492,18 @@ class ClimateSet(Dataset[dict[str, Tensor]]):
         cumulative_co2: append the cumulative CO2 channel, integrated in ``__init__`` from the
             ``CO2_sum`` files of 1850 up to the last of ``years`` (see
             :func:`cumulative_co2_emissions`), whether or not those years are in ``years``.
+        historical_years: the years of the ``historical`` scenario (1850-2014), which the SSPs'
+            ``years`` (2015-2100) cannot share (upstream's ``train_historical_years``); ``None``
+            uses ``years`` for every scenario.
+        check_values: refuse values outside the physical range of their variable
+            (:data:`~lightning_climate.datasets.integrity.PLAUSIBLE_RANGES`, e.g. ``tas``
+            150-350 K, ``pr`` >= 0), checked on every read; catches damaged files and wrong units.
 
     Raises:
         FileNotFoundError: naming the first missing folder or file and how to create it (with
             ``cumulative_co2``, every missing ``CO2_sum`` year).
+        ValueError: naming the file and variable of fill values read as data, implausible values
+            or a failed checksum (here for the first sample, in ``__getitem__`` for the others).
     """
 
     def __init__(
@@ -433,16 +518,24 @@ class ClimateSet(Dataset[dict[str, Tensor]]):
         seq_to_seq: bool = True,
         resolution: str = "250_km",
         cumulative_co2: bool = False,
+        historical_years: Sequence[int] | None = None,
+        check_values: bool = True,
     ) -> None:
         if not climate_models or not scenarios or not len(years) or not out_vars or not in_vars:
             raise ValueError(
                 "climate_models, scenarios, years, in_vars and out_vars must all be non-empty; "
                 f"got {climate_models}, {scenarios}, {years}, {in_vars}, {out_vars}."
             )
+        if historical_years is not None and not len(historical_years):
+            raise ValueError("historical_years must be None (use `years`) or non-empty, got [].")
         self.root = Path(root)
         self.climate_models = list(climate_models)
         self.scenarios = list(scenarios)
         self.years = [int(y) for y in years]
+        self.historical_years = (
+            self.years if historical_years is None else [int(y) for y in historical_years]
+        )
+        self.check_values = check_values
         self.in_vars = list(in_vars)
         self.out_vars = list(out_vars)
         self.seq_to_seq = seq_to_seq
@@ -458,7 +551,10 @@ class ClimateSet(Dataset[dict[str, Tensor]]):
         for model_id, model in enumerate(self.climate_models):
             for member in self._members(model, members):
                 for scenario in self.scenarios:
-                    keys.extend(SampleKey(model_id, model, member, scenario, y) for y in self.years)
+                    keys.extend(
+                        SampleKey(model_id, model, member, scenario, y)
+                        for y in self.scenario_years(scenario)
+                    )
         self.keys = keys
         # Resolve every file now: a missing year or variable fails here, naming the path.
         self.files = [self._resolve(k) for k in keys]
@@ -473,8 +569,14 @@ class ClimateSet(Dataset[dict[str, Tensor]]):
         self.cumulative: dict[tuple[str, int], float] = {}
         if cumulative_co2:
             for scenario in self.scenarios:
-                values = cumulative_co2_emissions(self.root, scenario, self.years, resolution)
+                values = cumulative_co2_emissions(
+                    self.root, scenario, self.scenario_years(scenario), resolution
+                )
                 self.cumulative.update({(scenario, y): v for y, v in values.items()})
+
+    def scenario_years(self, scenario: str) -> list[int]:
+        """Years of ``scenario``: ``historical_years`` for ``historical``, else ``years``."""
+        return self.historical_years if scenario == "historical" else self.years
 
     def _members(self, model: str, members: Sequence[str] | None) -> list[str]:
         model_dir = self.root / "outputs" / "CMIP6" / model
@@ -575,6 +677,8 @@ class ClimateSet(Dataset[dict[str, Tensor]]):
                 f"{path}: calendar {field.calendar!r} differs from {self._calendars[var]!r} used "
                 f"by the other {var!r} files. Convert the files of one variable to one calendar."
             )
+        if self.check_values:
+            check_plausible(field.values, var, path)
         return field.values
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:

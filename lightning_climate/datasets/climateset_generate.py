@@ -222,6 +222,7 @@ def _write(
     path: Path, variable: str, values: np.ndarray, grid: _Grid, year: int, calendar: str, units: str
 ) -> None:
     # netCDF4 (the C library) writes a small file ~10x faster than h5netcdf.
+    # fletcher32 checksums every chunk, so a damaged file fails on read instead of giving numbers.
     netcdf4 = lazy_import("netCDF4")
     cftime = lazy_import("cftime")
 
@@ -235,13 +236,13 @@ def _write(
         ds.createDimension("time", 12)
         ds.createDimension("lat", len(grid.lat))
         ds.createDimension("lon", len(grid.lon))
-        t = ds.createVariable("time", "f8", ("time",))
+        t = ds.createVariable("time", "f8", ("time",), fletcher32=True)
         t.units, t.calendar, t[:] = time_units, calendar, np.asarray(times, dtype=np.float64)
-        la = ds.createVariable("lat", "f8", ("lat",))
+        la = ds.createVariable("lat", "f8", ("lat",), fletcher32=True)
         la.units, la.standard_name, la[:] = "degrees_north", "latitude", grid.lat
-        lo = ds.createVariable("lon", "f8", ("lon",))
+        lo = ds.createVariable("lon", "f8", ("lon",), fletcher32=True)
         lo.units, lo.standard_name, lo[:] = "degrees_east", "longitude", grid.lon
-        v = ds.createVariable(variable, "f4", ("time", "lat", "lon"))
+        v = ds.createVariable(variable, "f4", ("time", "lat", "lon"), fletcher32=True)
         v.units = units
         v[:] = values.astype(np.float32)
         ds.source = "lightning_climate.datasets.generate_climateset (synthetic, RCMIP-driven)"

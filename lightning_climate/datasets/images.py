@@ -10,7 +10,7 @@ __all__ = ["ImageClassificationDataset", "channel_stats"]
 
 
 class ImageClassificationDataset(Dataset[dict[str, Tensor]]):
-    """Images held in one tensor, normalised per channel when a sample is read.
+    """Images held in one tensor, scaled to [0, 1] when a sample is read (tasks normalise).
 
     Samples are ``{"image": float32 (C, H, W), "label": int64 scalar, "index": int64 scalar}``
     where ``index`` is the image's position in the full source data set (not in this split), so
@@ -20,8 +20,6 @@ class ImageClassificationDataset(Dataset[dict[str, Tensor]]):
         images: ``(N, C, H, W)`` float or uint8 images in their stored scale.
         labels: ``(N,)`` integer class labels.
         indices: ``(N,)`` positions of the images in the full data set.
-        mean: per-channel mean subtracted after ``scale``.
-        std: per-channel standard deviation divided after ``scale``.
         scale: factor applied first (e.g. ``1/255`` for uint8 CIFAR, ``1/16`` for digits).
     """
 
@@ -30,8 +28,6 @@ class ImageClassificationDataset(Dataset[dict[str, Tensor]]):
         images: Tensor,
         labels: Tensor,
         indices: Tensor,
-        mean: Tensor,
-        std: Tensor,
         scale: float = 1.0,
     ) -> None:
         if not (len(images) == len(labels) == len(indices)):
@@ -44,16 +40,13 @@ class ImageClassificationDataset(Dataset[dict[str, Tensor]]):
         self.images = images
         self.labels = labels.long()
         self.indices = indices.long()
-        channels = images.shape[1]
-        self.mean = mean.float().reshape(channels, 1, 1)
-        self.std = std.float().reshape(channels, 1, 1)
         self.scale = scale
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
-        image = (self.images[i].float() * self.scale - self.mean) / self.std
+        image = self.images[i].float() * self.scale
         return {"image": image, "label": self.labels[i], "index": self.indices[i]}
 
 

@@ -8,15 +8,15 @@ from lightning_climate.layers.constraints import (
     SoftmaxConstraint,
     build_constraint,
 )
-from lightning_climate.layers.normalization import MinMaxNormalizer
+from lightning_climate.layers.normalization import Normalizer
 from lightning_climate.layers.ordering import MinMeanMaxConstraint, OrderingConstraint
 
 __all__ = [
     "AdditiveConstraint",
     "ConstrainedModel",
-    "MinMaxNormalizer",
     "MinMeanMaxConstraint",
     "MultiplicativeConstraint",
+    "Normalizer",
     "OrderingConstraint",
     "ScaledAdditiveConstraint",
     "SoftmaxConstraint",

@@ -21,21 +21,30 @@ class ConstrainedModel(nn.Module):
 
     Args:
         model: module called as ``model(x, *args, **kwargs)`` returning (B, C, H, W).
-        constraint: ``"none"``, ``"add"``, ``"mult"``, ``"softmax"`` or ``"scadd"``.
+        constraint: ``"none"``, ``"add"``, ``"mult"``, ``"softmax"`` or ``"scadd"``, or a layer
+            called as ``layer(y, x)`` such as
+            :class:`~lightning_climate.layers.OrderingConstraint` (YAML: ``class_path``).
         allow_negative: for ``"softmax"`` only: accept negative inputs instead of raising (useful
             when min-max normalised test data fall slightly below the training minimum).
     """
 
     def __init__(
-        self, model: nn.Module, constraint: ConstraintName = "softmax", allow_negative: bool = False
+        self,
+        model: nn.Module,
+        constraint: ConstraintName | nn.Module = "softmax",
+        allow_negative: bool = False,
     ) -> None:
         super().__init__()
         if allow_negative and constraint != "softmax":
             raise ValueError("allow_negative only applies to constraint='softmax'.")
         self.model = model
-        self.constraint_name = constraint
-        kwargs = {"allow_negative": True} if allow_negative else {}
-        self.constraint = build_constraint(constraint, **kwargs)
+        if isinstance(constraint, nn.Module):
+            self.constraint_name = type(constraint).__name__
+            self.constraint: nn.Module | None = constraint
+        else:
+            self.constraint_name = constraint
+            kwargs = {"allow_negative": True} if allow_negative else {}
+            self.constraint = build_constraint(constraint, **kwargs)
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         """Run the model on ``x`` and constrain its output to the block means of ``x``."""

@@ -1,57 +1,179 @@
-"""Per-channel affine normalisation whose statistics are buffers (they travel with checkpoints)."""
+"""The one normaliser of the package: ``(x - shift) / scale`` with statistics in buffers.
+
+Every task normalises the batch keys it models with a :class:`Normalizer` filled from its
+datamodule's :meth:`~lightning_climate.datamodules.BaseDataModule.train_statistics`, so the
+statistics come from the training split only and travel with checkpoints in the task's
+``state_dict``. Datasets return physical units and batches never carry statistics.
+"""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MinMaxNormalizer"]
+__all__ = ["Normalizer"]
+
+Method = Literal["zscore", "minmax"]
 
 
-class MinMaxNormalizer(nn.Module):
-    """Map each channel affinely from [minimum, maximum] to [0, 1], and back.
+class Normalizer(nn.Module):
+    """Affine map ``x -> (x - shift) / scale`` of one batch key, and its inverse.
 
-    One affine map is shared by low- and high-resolution fields, so block means (and therefore
-    conservation constraints) survive normalisation; and non-negative outputs in normalised space
-    (softmax constraint) map to values above the training minimum in physical units.
+    The statistics are named after the batch key in the datamodule's ``train_statistics()``:
+    ``{key}_mean`` and ``{key}_std`` for ``method="zscore"``, ``{key}_min`` and ``{key}_max`` for
+    ``method="minmax"`` (then ``scale = max - min + eps``). Until :meth:`fit` is called the map is
+    the identity.
+
+    Shapes: a statistic of shape ``(C,)`` applies to dimension ``channel_dim`` of the input; a
+    scalar applies everywhere; any other shape must broadcast against one sample
+    (``x.shape[1:]``), e.g. a climatology ``(T, C, H, W)``. With ``grouped=True`` the statistics
+    carry a leading group dimension (e.g. one row per climate model) and every call passes the
+    group of each sample.
+
+    Buffers take the shapes of the statistics they are given, also when a checkpoint is loaded
+    into a freshly built normaliser.
 
     Args:
-        num_channels: number of channels (dimension 1 of the inputs).
-        eps: added to the range to avoid division by zero on constant channels.
+        key: batch key whose statistics are used (e.g. ``"hr"``, ``"y"``, ``"image"``).
+        method: ``"zscore"`` or ``"minmax"``.
+        channel_dim: input dimension of the channels for per-channel statistics.
+        grouped: statistics have a leading group dimension selected per sample.
+        eps: added to the min–max range, so constant channels do not divide by zero.
+        share_channels: ``"minmax"`` only: one range over all channels (the smallest minimum
+            and the largest maximum), so an order between channels survives normalisation.
     """
 
-    minimum: Tensor
-    maximum: Tensor
+    shift: Tensor
+    scale: Tensor
 
-    def __init__(self, num_channels: int, eps: float = 1e-5) -> None:
+    def __init__(
+        self,
+        key: str,
+        method: Method = "zscore",
+        channel_dim: int = 1,
+        grouped: bool = False,
+        eps: float = 0.0,
+        share_channels: bool = False,
+    ) -> None:
         super().__init__()
-        self.eps = eps
-        self.register_buffer("minimum", torch.zeros(num_channels))
-        self.register_buffer("maximum", torch.ones(num_channels) - eps)
+        if share_channels and method != "minmax":
+            raise ValueError("share_channels needs method='minmax'.")
+        if method not in ("zscore", "minmax"):
+            raise ValueError(f"method must be 'zscore' or 'minmax', got {method!r}.")
+        if channel_dim < 1:
+            raise ValueError(f"channel_dim must be >= 1 (0 is the batch), got {channel_dim}.")
+        if not (math.isfinite(eps) and eps >= 0):
+            raise ValueError(f"eps must be finite and >= 0, got {eps}.")
+        self.key, self.method, self.channel_dim = key, method, channel_dim
+        self.grouped, self.eps, self.share_channels = grouped, eps, share_channels
+        self.register_buffer("shift", torch.zeros(()))
+        self.register_buffer("scale", torch.ones(()))
+        self.register_buffer("fitted", torch.tensor(False))
 
-    def set_statistics(self, minimum: Tensor, maximum: Tensor) -> None:
-        """Store per-channel training statistics of shape (C,)."""
-        minimum = torch.as_tensor(minimum, dtype=self.minimum.dtype).flatten()
-        maximum = torch.as_tensor(maximum, dtype=self.maximum.dtype).flatten()
-        if minimum.shape != self.minimum.shape or maximum.shape != self.maximum.shape:
-            raise ValueError(
-                f"statistics must have {self.minimum.numel()} channels, got {minimum.numel()} "
-                f"(minimum) and {maximum.numel()} (maximum)."
+    @property
+    def statistic_names(self) -> tuple[str, str]:
+        """The two ``train_statistics()`` entries this normaliser reads."""
+        suffixes = ("mean", "std") if self.method == "zscore" else ("min", "max")
+        return f"{self.key}_{suffixes[0]}", f"{self.key}_{suffixes[1]}"
+
+    def fit(self, statistics: Mapping[str, Tensor]) -> None:
+        """Take ``shift`` and ``scale`` from a datamodule's training statistics.
+
+        Raises:
+            KeyError: a statistic is missing (the message lists those available).
+            ValueError: a statistic is not finite, or a scale is not positive.
+        """
+        first, second = self.statistic_names
+        missing = [name for name in (first, second) if name not in statistics]
+        if missing:
+            raise KeyError(
+                f"Normalizer({self.key!r}) needs the training statistics {missing}, but the "
+                f"datamodule provides {sorted(statistics)}; give the datamodule's train_statistics() "
+                "those entries or choose another normalisation in the task."
             )
-        if not bool(torch.all(maximum >= minimum)):
-            raise ValueError("every channel's maximum must be >= its minimum.")
-        self.minimum.copy_(minimum)
-        self.maximum.copy_(maximum)
+        dtype = torch.get_default_dtype()
+        shift = torch.as_tensor(statistics[first]).to(dtype)
+        other = torch.as_tensor(statistics[second]).to(dtype)
+        if self.share_channels:
+            shift, other = shift.min().expand_as(shift), other.max().expand_as(other)
+        scale = other - shift + self.eps if self.method == "minmax" else other
+        self.set_statistics(shift, scale)
 
-    def _view(self, stat: Tensor, x: Tensor) -> Tensor:
-        return stat.view(1, -1, *([1] * (x.ndim - 2))).to(x.dtype)
+    def set_statistics(self, shift: Tensor, scale: Tensor) -> None:
+        """Store ``shift`` and ``scale`` directly (same shape rules as :meth:`fit`)."""
+        shift = torch.as_tensor(shift).to(torch.get_default_dtype())
+        scale = torch.as_tensor(scale).to(torch.get_default_dtype())
+        if shift.shape != scale.shape:
+            raise ValueError(
+                f"Normalizer({self.key!r}): shift {tuple(shift.shape)} and scale "
+                f"{tuple(scale.shape)} must have the same shape."
+            )
+        if self.grouped and shift.ndim == 0:
+            raise ValueError(
+                f"Normalizer({self.key!r}) is grouped: its statistics need a leading group "
+                "dimension, got a scalar."
+            )
+        if not (torch.isfinite(shift).all() and torch.isfinite(scale).all()):
+            raise ValueError(
+                f"Normalizer({self.key!r}): the training statistics are not finite; the "
+                "training split holds NaN or Inf values. Clean or mask them in the data."
+            )
+        if not bool((scale > 0).all()):
+            raise ValueError(
+                f"Normalizer({self.key!r}): a scale is not positive (a constant training channel "
+                "with method='zscore'); use method='minmax' with eps > 0 or drop the channel."
+            )
+        self.shift = shift.to(self.shift.device)
+        self.scale = scale.to(self.scale.device)
+        self.fitted.fill_(True)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Normalise ``x`` of shape (B, C, ...)."""
-        scale = self._view(self.maximum - self.minimum + self.eps, x)
-        return (x - self._view(self.minimum, x)) / scale
+    def _align(self, stat: Tensor, x: Tensor, group: Tensor | None) -> Tensor:
+        if stat.ndim == 0:  # the identity before fit, or one scalar for every value
+            return stat.to(x.dtype)
+        if self.grouped:
+            if group is None:
+                raise ValueError(
+                    f"Normalizer({self.key!r}) has one row of statistics per group; pass the "
+                    "batch's group ids (e.g. model_id)."
+                )
+            stat = stat[group.long()]
+            per_sample = stat.ndim - 1
+        else:
+            per_sample = stat.ndim
+        if per_sample == 1 and stat.shape[-1] != 1 and x.ndim > 2:
+            shape = [1] * (x.ndim - 1)
+            shape[self.channel_dim - 1] = stat.shape[-1]
+            lead = stat.shape[0] if self.grouped else 1
+            stat = stat.reshape(lead, *shape) if self.grouped else stat.reshape(shape)
+        elif self.grouped:
+            stat = stat.reshape(stat.shape[0], *([1] * (x.ndim - stat.ndim)), *stat.shape[1:])
+        return stat.to(x.dtype)
 
-    def inverse(self, y: Tensor) -> Tensor:
+    def forward(self, x: Tensor, group: Tensor | None = None) -> Tensor:
+        """Normalise ``x``; ``group`` holds each sample's group id when ``grouped``."""
+        return (x - self._align(self.shift, x, group)) / self._align(self.scale, x, group)
+
+    def inverse(self, y: Tensor, group: Tensor | None = None) -> Tensor:
         """Map normalised ``y`` back to physical units."""
-        scale = self._view(self.maximum - self.minimum + self.eps, y)
-        return y * scale + self._view(self.minimum, y)
+        return y * self._align(self.scale, y, group) + self._align(self.shift, y, group)
+
+    def extra_repr(self) -> str:
+        """Key, method and statistics shape, for ``print(task)``."""
+        return (
+            f"key={self.key!r}, method={self.method!r}, channel_dim={self.channel_dim}, "
+            f"grouped={self.grouped}, shape={tuple(self.shift.shape)}"
+        )
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        # The statistics' shapes are known only once fitted; take them from the checkpoint.
+        for name in ("shift", "scale"):
+            saved = state_dict.get(prefix + name)
+            if saved is not None:
+                setattr(self, name, torch.empty_like(saved, device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -13,6 +13,7 @@ from lightning_climate.models.relu_nets import ReLUCNN, ReLUMLP
 from lightning_climate.models.schnet import SchNetBackbone
 from lightning_climate.models.srcnn import SRCNN
 from lightning_climate.models.super_emulator import SuperEmulator
+from lightning_climate.models.timm_model import TimmModel
 from lightning_climate.models.unet import UNet
 from lightning_climate.models.vit import ViTEmulator
 from lightning_climate.models.wide_resnet import WideResNet
@@ -33,6 +34,7 @@ __all__ = [
     "ReLUMLP",
     "SchNetBackbone",
     "SuperEmulator",
+    "TimmModel",
     "UNet",
     "ViTEmulator",
     "WideResNet",

@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics import MeanMetric, MeanSquaredError, MetricCollection
 
+from lightning_climate.layers.normalization import Normalizer
 from lightning_climate.metrics.graph import (
     EdgeF1Score,
     EdgePrecision,
@@ -52,22 +53,24 @@ class CausalDiscoveryTask(BaseTask):
     validation loop (without one the penalty stays at ``ortho_mu_init``), and since ``gamma`` may
     be negative, so may the logged losses.
 
-    When the datamodule exposes ``ground_truth_graph`` (``(lags, nodes, nodes)``, bool) and
-    ``ground_truth_mixing`` (``(C, N, latents)``), the learned graph (edges with probability
+    Windows are first standardised with the datamodule's ``{input_key}_mean``/``{input_key}_std``
+    training statistics (per climate model with ``group_key``, e.g. ClimateSet's ``model_id``).
+
+    When the datamodule's ``ground_truth()`` gives the true graph (``(lags, nodes, nodes)``, bool)
+    and mixing (``(C, N, latents)``), the learned graph (edges with probability
     ``> edge_threshold``) is aligned to the truth with
     :func:`~lightning_climate.metrics.graph.match_latents` and scored at each validation and
     test epoch (``val_SHD``, ``val_F1``, ``val_precision``, ``val_recall``, same for ``test_``).
 
+    Other logged values: ``{stage}_kl``, ``train_ortho_residual``, ``train_ortho_mu``,
+    ``train_edge_density`` and ``val_ortho_residual``.
+
     Args:
-        num_locations: ``N``, grid cells per variable.
-        num_variables: ``C``, variables (channels) per time step.
-        num_latents: latents per variable.
-        num_lags: ``τ``, the maximal lag of causal edges.
-        transition_hidden: width of the per-latent transition MLP; ``0`` makes it linear.
-        graph_init_logit: initial edge logit (CDSD starts from a dense graph at 5).
-        temperature: Gumbel-sigmoid temperature.
-        hard_graph: sample 0/1 graphs with straight-through gradients.
+        model: a :class:`~lightning_climate.models.CDSD` (YAML: ``class_path: CDSD`` with
+            ``num_locations``, ``num_variables``, ``num_latents``, ``num_lags``, ...).
         input_key: batch key of the windows (``"y"`` for ClimateSet outputs, for instance).
+        group_key: batch key of each sample's statistics group (``"model_id"`` for ClimateSet),
+            or ``None`` for one set of statistics.
         seasonal_period: if positive, remove the seasonal cycle as the reference does: every value
             is standardised with the mean and standard deviation of its phase (time step modulo
             the period), grid cell and variable over the training data. The statistics are
@@ -88,15 +91,9 @@ class CausalDiscoveryTask(BaseTask):
 
     def __init__(
         self,
-        num_locations: int,
-        num_variables: int = 1,
-        num_latents: int = 10,
-        num_lags: int = 1,
-        transition_hidden: int = 0,
-        graph_init_logit: float = 5.0,
-        temperature: float = 0.5,
-        hard_graph: bool = False,
+        model: CDSD,
         input_key: str = "x",
+        group_key: str | None = None,
         seasonal_period: int = 0,
         kl_coeff: float = 1.0,
         sparsity_coeff: float = 0.1,
@@ -110,8 +107,6 @@ class CausalDiscoveryTask(BaseTask):
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
-        super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler)
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         for name, value in (
             ("kl_coeff", kl_coeff),
             ("sparsity_coeff", sparsity_coeff),
@@ -119,9 +114,9 @@ class CausalDiscoveryTask(BaseTask):
             ("ortho_tolerance", ortho_tolerance),
             ("alm_rtol", alm_rtol),
         ):
-            if value < 0:
+            if not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value}.")
-        if ortho_mu_mult < 1:
+        if not ortho_mu_mult >= 1:
             raise ValueError(f"ortho_mu_mult must be >= 1, got {ortho_mu_mult}.")
         if not 0 < ortho_omega <= 1:
             raise ValueError(f"ortho_omega must be in (0, 1], got {ortho_omega}.")
@@ -133,17 +128,14 @@ class CausalDiscoveryTask(BaseTask):
             raise ValueError(f"alm_window must be >= 1, got {alm_window}.")
         if not 0 < edge_threshold < 1:
             raise ValueError(f"edge_threshold must be in (0, 1), got {edge_threshold}.")
-        self.model = CDSD(
-            num_variables=num_variables,
-            num_locations=num_locations,
-            num_latents=num_latents,
-            num_lags=num_lags,
-            transition_hidden=transition_hidden,
-            graph_init_logit=graph_init_logit,
-            temperature=temperature,
-            hard_graph=hard_graph,
-        )
+        if not isinstance(model, CDSD):
+            raise TypeError(
+                f"CausalDiscoveryTask needs a CDSD model (YAML: `model: {{class_path: CDSD, "
+                f"init_args: ...}}`), got {type(model).__name__}."
+            )
+        super().__init__(model, optimizer=optimizer, lr_scheduler=lr_scheduler)
         self.input_key = input_key
+        self.group_key = group_key
         self.seasonal_period = seasonal_period
         self.kl_coeff = kl_coeff
         self.sparsity_coeff = sparsity_coeff
@@ -152,6 +144,8 @@ class CausalDiscoveryTask(BaseTask):
         self.ortho_tolerance = ortho_tolerance
         self.alm_rtol = alm_rtol
         self.edge_threshold = edge_threshold
+        num_variables, num_latents = model.num_variables, model.num_latents
+        num_locations = model.num_locations
 
         self.register_buffer("alm_gamma", torch.zeros(num_variables, num_latents, num_latents))
         self.register_buffer("alm_mu", torch.tensor(float(ortho_mu_init)))
@@ -164,10 +158,6 @@ class CausalDiscoveryTask(BaseTask):
         self.register_buffer("seasonal_std", torch.ones(season_shape))
         self.register_buffer("seasonal_ready", torch.tensor(False))
 
-        prediction = MetricCollection({"prediction_MSE": MeanSquaredError()})
-        self.train_metrics = prediction.clone(prefix="train_")
-        self.val_metrics = prediction.clone(prefix="val_")
-        self.test_metrics = prediction.clone(prefix="test_")
         graph = MetricCollection(
             {
                 "SHD": StructuralHammingDistance(),
@@ -179,6 +169,15 @@ class CausalDiscoveryTask(BaseTask):
         self.val_graph_metrics = graph.clone(prefix="val_")
         self.test_graph_metrics = graph.clone(prefix="test_")
         self.val_nll = MeanMetric()
+
+    def configure_normalizers(self) -> dict[str, Normalizer]:
+        """Standardisation of the windows with the training statistics of ``input_key``."""
+        key, grouped = self.hparams["input_key"], self.hparams["group_key"] is not None
+        return {key: Normalizer(key, "zscore", channel_dim=2, grouped=grouped)}
+
+    def configure_metrics(self) -> MetricCollection:
+        """MSE of the one-step prediction."""
+        return MetricCollection({"prediction_MSE": MeanSquaredError()})
 
     # ------------------------------------------------------------------------- helpers
     def _windows(self, batch: dict[str, Tensor]) -> Tensor:
@@ -201,6 +200,13 @@ class CausalDiscoveryTask(BaseTask):
                 "CausalDiscoveryTask(input_key=...) to the key of the gridded windows."
             )
         x = batch[self.input_key]
+        group = batch.get(self.group_key) if self.group_key is not None else None
+        if self.group_key is not None and group is None:
+            raise KeyError(
+                f"batch has no key {self.group_key!r} (keys: {sorted(batch)}); set "
+                "CausalDiscoveryTask(group_key=...) to the key of each sample's group, or None."
+            )
+        x = self.normalizers[self.input_key](x, group)
         if x.ndim == 5:
             return x.flatten(3)
         if x.ndim == 4:
@@ -232,11 +238,11 @@ class CausalDiscoveryTask(BaseTask):
 
         batch_size = x.shape[0]
         target = x[:, self.model.num_lags :]
-        metrics = getattr(self, f"{stage}_metrics")
+        metrics = self.stage_metrics(stage)
         metrics(out.prediction_mean.detach().flatten(), target.flatten())
-        self.log(f"{stage}_loss", loss.detach(), batch_size=batch_size, sync_dist=stage != "train")
+        self.log_loss(stage, loss, batch_size)
         self.log(f"{stage}_kl", out.kl.detach(), batch_size=batch_size, sync_dist=stage != "train")
-        self.log_dict(metrics, batch_size=batch_size)
+        self.log_metrics(metrics, batch_size)
         if stage == "val":
             self.val_nll.update(nll.detach(), weight=batch_size)
         return loss
@@ -249,9 +255,9 @@ class CausalDiscoveryTask(BaseTask):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         """Negative ELBO plus sparsity and augmented-Lagrangian terms."""
         loss = self._step(batch, "train")
-        self.log("ortho_residual", self.orthogonality_residual_norm())
-        self.log("ortho_mu", self.alm_mu)
-        self.log("edge_density", self.model.edge_probabilities().detach().mean())
+        self.log("train_ortho_residual", self.orthogonality_residual_norm())
+        self.log("train_ortho_mu", self.alm_mu)
+        self.log("train_edge_density", self.model.edge_probabilities().detach().mean())
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -271,23 +277,18 @@ class CausalDiscoveryTask(BaseTask):
         return {"prediction": self.model(x).prediction_mean, "index": batch["index"]}
 
     @torch.no_grad()
-    def fit_seasonal_statistics(
-        self, loader: Iterable[dict[str, Tensor]], datamodule: Any = None
-    ) -> None:
+    def fit_seasonal_statistics(self, loader: Iterable[dict[str, Tensor]]) -> None:
         """Per-phase mean and standard deviation of every grid cell over ``loader``'s windows.
 
         Args:
-            loader: training batches.
-            datamodule: if given, its ``on_after_batch_transfer`` (e.g. normalisation) is applied
-                to every batch first, as in training.
+            loader: training batches (standardised first with this task's normaliser).
         """
         period = self.seasonal_period
         total = torch.zeros(period, *self.seasonal_mean.shape[1:], dtype=torch.float64)
         squares = torch.zeros_like(total)
         count = torch.zeros(period, dtype=torch.float64)
         for batch in loader:
-            if datamodule is not None and hasattr(datamodule, "on_after_batch_transfer"):
-                batch = datamodule.on_after_batch_transfer(batch, 0)
+            batch = {k: v.to(self.device) for k, v in batch.items()}
             x = self._raw_windows(batch).double().cpu()
             phase = torch.arange(x.shape[1]) % period
             total.index_add_(0, phase, x.sum(0))
@@ -307,7 +308,8 @@ class CausalDiscoveryTask(BaseTask):
         self.seasonal_ready.fill_(True)
 
     def on_fit_start(self) -> None:
-        """Compute the seasonal statistics from the training data unless a checkpoint had them."""
+        """Fit the normaliser, then the seasonal statistics unless a checkpoint had them."""
+        super().on_fit_start()
         if not self.seasonal_period or bool(self.seasonal_ready):
             return
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -316,7 +318,7 @@ class CausalDiscoveryTask(BaseTask):
                 "seasonal_period needs the training data at fit start; pass a datamodule to "
                 "trainer.fit, or call fit_seasonal_statistics(loader) before fitting."
             )
-        self.fit_seasonal_statistics(datamodule.train_dataloader(), datamodule)
+        self.fit_seasonal_statistics(datamodule.train_dataloader())
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """Step, then project the mixing onto ``W >= 0`` (projected gradient descent)."""
@@ -330,7 +332,7 @@ class CausalDiscoveryTask(BaseTask):
         self.val_nll.reset()
         if self.trainer.sanity_checking:
             return
-        self.log("ortho_residual_val", self.orthogonality_residual_norm(), sync_dist=True)
+        self.log("val_ortho_residual", self.orthogonality_residual_norm(), sync_dist=True)
         self.update_lagrangian(val_nll)
 
     def on_test_epoch_end(self) -> None:
@@ -338,11 +340,11 @@ class CausalDiscoveryTask(BaseTask):
         self._log_graph_metrics("test")
 
     def _log_graph_metrics(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        true_graph = getattr(datamodule, "ground_truth_graph", None)
-        true_mixing = getattr(datamodule, "ground_truth_mixing", None)
-        if true_graph is None or true_mixing is None:
+        ground_truth = getattr(self.trainer.datamodule, "ground_truth", None)
+        truth = ground_truth() if ground_truth is not None else None
+        if truth is None:
             return
+        true_graph, true_mixing = truth
         if tuple(true_mixing.shape) != tuple(self.model.mixing.shape):
             rank_zero_warn(
                 f"ground-truth mixing {tuple(true_mixing.shape)} differs from the model's "

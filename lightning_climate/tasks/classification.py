@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
-import timm
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_climate.layers.normalization import Normalizer
+from lightning_climate.models.timm_model import TimmModel
 from lightning_climate.optim.sam import in_perturbed_pass
 from lightning_climate.tasks.base import BaseTask
 
@@ -21,38 +23,35 @@ class ClassificationTask(BaseTask):
     """Multiclass image classification.
 
     Batches are dicts with ``image`` ``(B, C, H, W)``, ``label`` ``(B,)`` and ``index`` ``(B,)``.
-    Logs ``{train,val,test}_loss`` and ``{train,val,test}_Accuracy``. Under SAM the training loss
-    and metrics are taken from the first (unperturbed) pass only.
+    Images are standardised per channel with the datamodule's ``image_mean``/``image_std``
+    training statistics. Logs ``{train,val,test}_loss`` and ``{train,val,test}_Accuracy``. Under
+    SAM the training loss and metrics are taken from the first (unperturbed) pass only.
 
     Args:
-        model: a timm model name, built with ``timm.create_model(model, pretrained=False,
-            num_classes=num_classes, in_chans=in_channels, **model_kwargs)`` (no download), or a
-            ready ``nn.Module`` mapping images to logits.
+        model: a module mapping images to logits, e.g. ``{class_path: TimmModel, init_args:
+            {name: resnet18, num_classes: 10, in_channels: 1}}`` or
+            :class:`~lightning_climate.models.WideResNet`. A timm model name still works for this
+            version (deprecated).
         num_classes: number of classes.
         in_channels: image channels.
         loss: ``"ce"`` (cross-entropy, with optional ``label_smoothing``).
         optimizer: injected optimizer, e.g. ``torch.optim.SGD`` or ``lightning_climate.optim.SAM``.
         lr_scheduler: optional injected scheduler.
-        model_kwargs: extra keyword arguments of ``timm.create_model`` (e.g. ``img_size`` and
-            ``patch_size`` of a ViT); ignored when ``model`` is a module.
         label_smoothing: cross-entropy label smoothing (the SAM-ON paper uses 0.1).
+        model_kwargs: deprecated, with a timm model name only: extra ``timm.create_model`` arguments.
     """
-
-    monitor = "val_loss"
-    mode = "min"
 
     def __init__(
         self,
-        model: str | nn.Module = "resnet18",
+        model: nn.Module | str,
         num_classes: int = 10,
         in_channels: int = 1,
         loss: Literal["ce"] = "ce",
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
-        model_kwargs: dict[str, Any] | None = None,
         label_smoothing: float = 0.0,
+        model_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler)
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
         if in_channels < 1:
@@ -61,52 +60,62 @@ class ClassificationTask(BaseTask):
             raise ValueError(f"loss must be one of ['ce'], got {loss!r}.")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}.")
-        ignore = ["optimizer", "lr_scheduler"] + (["model"] if isinstance(model, nn.Module) else [])
-        self.save_hyperparameters(ignore=ignore)
-        if isinstance(model, nn.Module):
-            self.model = model
-        else:
-            self.model = timm.create_model(
-                model,
-                pretrained=False,
-                num_classes=num_classes,
-                in_chans=in_channels,
-                **(model_kwargs or {}),
+        if isinstance(model, str):
+            warnings.warn(
+                f"ClassificationTask(model={model!r}) is deprecated; pass a module, in YAML "
+                f"`model: {{class_path: TimmModel, init_args: {{name: {model}, num_classes: "
+                f"{num_classes}, in_channels: {in_channels}}}}}`.",
+                DeprecationWarning,
+                stacklevel=2,
             )
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-        metrics = MetricCollection({"Accuracy": MulticlassAccuracy(num_classes, average="micro")})
-        self.train_metrics = metrics.clone(prefix="train_")
-        self.val_metrics = metrics.clone(prefix="val_")
-        self.test_metrics = metrics.clone(prefix="test_")
+            model = TimmModel(model, num_classes, in_channels, model_kwargs)
+        super().__init__(model, optimizer=optimizer, lr_scheduler=lr_scheduler)
+
+    def configure_losses(self) -> None:
+        """Cross-entropy with label smoothing."""
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=self.hparams["label_smoothing"])
+
+    def configure_normalizers(self) -> dict[str, Normalizer]:
+        """Per-channel standardisation of ``image``."""
+        return {"image": Normalizer("image", "zscore")}
+
+    def configure_metrics(self) -> MetricCollection:
+        """Micro-averaged accuracy."""
+        num_classes = self.hparams["num_classes"]
+        return MetricCollection({"Accuracy": MulticlassAccuracy(num_classes, average="micro")})
 
     def forward(self, image: Tensor) -> Tensor:
-        """Logits ``(B, num_classes)`` of images ``(B, C, H, W)``."""
-        return self.model(image)
+        """Logits ``(B, num_classes)`` of images ``(B, C, H, W)`` in the units of the data."""
+        return self.model(self.normalizers["image"](image))
 
-    def _shared_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+    def _shared_step(self, batch: dict[str, Tensor], stage: str, dataloader_idx: int = 0) -> Tensor:
         logits = self(batch["image"])
         loss = self.criterion(logits, batch["label"])
         if stage == "train" and in_perturbed_pass():
             return loss
-        metrics: MetricCollection = getattr(self, f"{stage}_metrics")
+        metrics = self.stage_metrics(stage, dataloader_idx)
         batch_size = len(batch["label"])
         metrics(logits.detach(), batch["label"])  # forward: per-step value and accumulation
-        self.log(f"{stage}_loss", loss.detach(), batch_size=batch_size, prog_bar=stage != "test")
-        self.log_dict(metrics, batch_size=batch_size)
+        self.log_loss(stage, loss, batch_size, dataloader_idx)
+        self.log_metrics(metrics, batch_size)
         return loss
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         """Cross-entropy of the batch; logs ``train_loss`` and ``train_Accuracy``."""
         return self._shared_step(batch, "train")
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+    def validation_step(
+        self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         """Logs ``val_loss`` and ``val_Accuracy``."""
-        self._shared_step(batch, "val")
+        self._shared_step(batch, "val", dataloader_idx)
 
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         """Logs ``test_loss`` and ``test_Accuracy``."""
-        self._shared_step(batch, "test")
+        self._shared_step(batch, "test", dataloader_idx)
 
-    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+    def predict_step(
+        self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, Tensor]:
         """Class probabilities with the sample indices they belong to."""
         return {"probs": self(batch["image"]).softmax(dim=-1), "index": batch["index"]}

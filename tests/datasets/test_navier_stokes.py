@@ -15,14 +15,16 @@ import torch
 from torch.utils.data import DataLoader
 
 from lightning_climate import __version__
-from lightning_climate.datasets import navier_stokes
-from lightning_climate.datasets.navier_stokes import (
-    NavierStokesTrajectories,
-    gaussian_random_field,
+from lightning_climate.datasets import navier_stokes_generate, navier_stokes_solver
+from lightning_climate.datasets.navier_stokes import NavierStokesTrajectories
+from lightning_climate.datasets.navier_stokes_generate import (
     generate_navier_stokes,
+    trajectory_generator,
+)
+from lightning_climate.datasets.navier_stokes_solver import (
+    gaussian_random_field,
     li_forcing,
     solve_vorticity,
-    trajectory_generator,
 )
 
 
@@ -208,7 +210,7 @@ def test_chunked_solve_equals_whole_batch(monkeypatch: pytest.MonkeyPatch) -> No
         * torch.arange(1.0, 6.0, dtype=torch.float64)[:, None, None]
     )
     whole = solve_vorticity(w0, forcing, 1e-3, 0.5, 1e-2, 2)
-    monkeypatch.setattr(navier_stokes, "_CHUNK_BYTES", 1)  # one trajectory per chunk
+    monkeypatch.setattr(navier_stokes_solver, "_CHUNK_BYTES", 1)  # one trajectory per chunk
     chunked = solve_vorticity(w0, forcing, 1e-3, 0.5, 1e-2, 2)
     # batched FFTs may round differently from single ones: equal to round-off, not bitwise
     assert (whole - chunked).abs().max() < 1e-13
@@ -354,7 +356,7 @@ def test_interrupted_generation_leaves_no_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = []
-    real_solve = navier_stokes.solve_vorticity
+    real_solve = navier_stokes_generate.solve_vorticity
 
     def interrupted_solve(*args: object, **kwargs: object) -> torch.Tensor:
         calls.append(1)
@@ -362,7 +364,7 @@ def test_interrupted_generation_leaves_no_file(
             raise KeyboardInterrupt
         return real_solve(*args, **kwargs)
 
-    monkeypatch.setattr(navier_stokes, "solve_vorticity", interrupted_solve)
+    monkeypatch.setattr(navier_stokes_generate, "solve_vorticity", interrupted_solve)
     with pytest.raises(KeyboardInterrupt):
         generate_navier_stokes(tmp_path / "ns.h5", 4, batch_size=2, progress=False, **SMALL)
     assert len(calls) == 2
@@ -378,7 +380,7 @@ def test_failed_regeneration_keeps_the_old_file(
 ) -> None:
     path = generate_navier_stokes(tmp_path / "ns.h5", 1, progress=False, **SMALL)
     before = path.read_bytes()
-    monkeypatch.setattr(navier_stokes, "solve_vorticity", diverging_solve)
+    monkeypatch.setattr(navier_stokes_generate, "solve_vorticity", diverging_solve)
     with pytest.raises(FloatingPointError, match="reduce dt"):
         generate_navier_stokes(path, 1, progress=False, **SMALL)
     assert path.read_bytes() == before

@@ -14,6 +14,7 @@ from torch_geometric.loader import DataLoader
 from lightning_climate.datasets import (
     OC20LMDBDataset,
     convert_oc20_lmdb,
+    oc20,
     write_oc20_lmdb,
 )
 from lightning_climate.datasets.oc20 import read_npz_batch
@@ -187,7 +188,19 @@ def test_length_beyond_entries_names_the_entry(tmp_path: Path, entries) -> None:
         ),
         (lambda e: e["pos"].__setitem__(0, [500.0, 0.0, 0.0]), ValueError, "outside the cell"),
         (lambda e: e.update(tags=e["tags"][:-1]), ValueError, "tags has 23 rows for 24 atoms"),
-        (lambda e: e.pop("distances"), ValueError, "store all three or none"),
+        (lambda e: e.pop("cell_offsets"), ValueError, "has edge_index but not cell_offsets"),
+        (lambda e: e.update(nedges=7), ValueError, "nedges is 7 but edge_index has 386 edges"),
+        (lambda e: e.update(natoms=23), ValueError, "natoms is 23 but pos has 24 rows"),
+        (lambda e: e["pos"].__setitem__((3, 1), np.nan), ValueError, r"pos holds NaN or Inf \(1 "),
+        (lambda e: e["cell"].__setitem__((1, 1), np.inf), ValueError, "cell holds NaN or Inf"),
+        (lambda e: e["force"].__setitem__((0, 0), np.nan), ValueError, "force holds NaN or Inf"),
+        (lambda e: e.update(y_relaxed=np.float64("nan")), ValueError, "y_relaxed is nan"),
+        (lambda e: e["distances"].__setitem__(5, np.inf), ValueError, "distances holds NaN"),
+        (
+            lambda e: e["atomic_numbers"].__setitem__(0, -3),
+            ValueError,
+            r"unknown element\(s\) \[-3",
+        ),
     ],
 )
 def test_bad_entries_name_the_entry_and_fix(tmp_path: Path, entries, change, error, match) -> None:
@@ -221,3 +234,18 @@ def test_write_is_atomic_on_failure(tmp_path: Path, entries) -> None:
     with pytest.raises(RuntimeError, match="interrupted"):
         write_oc20_lmdb(tmp_path / "data.lmdb", broken())
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("layout", ["npz", "pickle"])
+def test_writer_commits_in_pieces(tmp_path: Path, entries, monkeypatch, layout: str) -> None:
+    # large files are written in several transactions (LMDB keeps a transaction in memory)
+    monkeypatch.setattr(oc20, "_COMMIT_BYTES", 1000)
+    write_oc20_lmdb(tmp_path / "data.lmdb", entries * 2, format=layout)
+    env = lmdb.open(str(tmp_path / "data.lmdb"), subdir=False, readonly=True, lock=False)
+    # one transaction per entry (each is over 1000 bytes), and one for the length key
+    assert env.info()["last_txnid"] == 7
+    env.close()
+    dataset = OC20LMDBDataset(tmp_path / "data.lmdb", allow_pickle=True)
+    assert len(dataset) == 6
+    for i, entry in enumerate(entries * 2):
+        _same(dataset[i], entry)

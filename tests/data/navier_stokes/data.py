@@ -16,7 +16,8 @@ import h5py
 import numpy as np
 import scipy.io
 
-from lightning_climate.datasets.navier_stokes import NavierStokesTrajectories, generate_navier_stokes
+from lightning_climate.datasets.navier_stokes import NavierStokesTrajectories
+from lightning_climate.datasets.navier_stokes_generate import generate_navier_stokes
 
 HERE = Path(__file__).parent
 PARAMS = {"num_trajectories": 2, "resolution": 16, "viscosity": 1e-3, "t_final": 1.0}

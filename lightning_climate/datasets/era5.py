@@ -285,6 +285,7 @@ class ERA5Dataset(Dataset[dict[str, Tensor]]):
         self.normalizer = normalizer
         self.storage_options = storage_options
         self._handles: dict[int, OpenSource] = {}
+        self._pid = os.getpid()  # the process the handles were opened in
         self._scan(levels, time_range)
 
     def _scan(self, levels: Sequence[float] | None, time_range: tuple[str, str] | None) -> None:
@@ -499,6 +500,10 @@ class ERA5Dataset(Dataset[dict[str, Tensor]]):
         return {**self.__dict__, "_handles": {}}
 
     def _handle(self, f: int) -> Any:
+        if self._pid != os.getpid():
+            # a forked DataLoader worker: never share the parent's open files (HDF5 is not
+            # fork-safe, and a zip member's seek-then-read would race on the shared offset)
+            self._handles, self._pid = {}, os.getpid()
         if f not in self._handles:
             self._handles[f] = open_era5_source(self.files[f], self.storage_options)
         return self._handles[f].dataset

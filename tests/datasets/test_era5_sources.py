@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from torch.utils.data import DataLoader
 
 from lightning_climate.datasets import era5_sources
 from lightning_climate.datasets.era5 import ERA5Dataset
@@ -154,3 +156,21 @@ def test_grib_with_two_kinds_of_fields_says_how_to_split(tmp_path: Path) -> None
 def test_a_file_named_twice_is_read_once() -> None:
     ds = ERA5Dataset([YEAR, YEAR.parent], ["t2m"])
     assert ds.files == [YEAR, YEAR.parent / "era5_2001.nc"] and len(ds) == 26
+
+
+def test_forked_workers_open_their_own_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive, _ = _cds_zip(tmp_path, zipfile.ZIP_DEFLATED)
+    ds = ERA5Dataset(archive, ["t2m", "tcw"], factor=2)
+    expected = torch.stack([ds[i]["hr"] for i in range(len(ds))])  # the parent opens the archive
+    parent = dict(ds._handles)
+    # in a forked worker the parent's handles are dropped, not shared
+    pid = os.getpid()
+    monkeypatch.setattr(os, "getpid", lambda: pid + 1)
+    torch.testing.assert_close(ds[3]["hr"], expected[3], rtol=0, atol=0)
+    assert all(ds._handles[f] is not parent[f] for f in ds._handles)
+    monkeypatch.undo()
+    loader = DataLoader(ds, batch_size=3, num_workers=2, multiprocessing_context="fork")
+    got = torch.cat([batch["hr"] for batch in loader])
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)

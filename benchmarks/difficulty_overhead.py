@@ -55,7 +55,9 @@ def epoch_time(arch: str, scores: str, epochs: int, root: str) -> tuple[float, f
     scorer = None
     if scores != "none":
         scorer = TimedScores(
-            path=f"{root}/{arch}_scores.nc", batch_size=512, cache_batches=scores == "cached"
+            path=f"{root}/{arch}_{time.monotonic_ns()}_scores.zarr",
+            batch_size=512,
+            cache_batches=scores == "cached",
         )
         callbacks.append(scorer)
     callbacks.append(timer)

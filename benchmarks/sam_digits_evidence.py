@@ -6,11 +6,15 @@ with the :class:`~lightning_climate.callbacks.SharpnessAwareMinimization` callba
 runs of a seed differ only in it.
 
     python benchmarks/sam_digits_evidence.py --epochs 15 --seeds 0 1 2
+
+``--every-n-steps 2`` adds SAM and SAM-ON with a SAM step every second step;
+``--methods`` picks a subset of the rows (e.g. only the new ones).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 
 import torch
@@ -68,15 +72,25 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rho-sam", type=float, default=0.05)
     parser.add_argument("--rho-samon", type=float, default=0.5)
+    parser.add_argument("--every-n-steps", type=int, nargs="*", default=[])
+    parser.add_argument("--methods", nargs="*", help="names of the rows to run (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     methods = {
         "SGD": lambda: None,
-        f"SAM (rho={args.rho_sam})": lambda: SharpnessAwareMinimization(rho=args.rho_sam),
-        f"SAM-ON (rho={args.rho_samon})": lambda: SharpnessAwareMinimization(
-            rho=args.rho_samon, norm_only=True
-        ),
+        "SAM": lambda: SharpnessAwareMinimization(rho=args.rho_sam),
+        "SAM-ON": lambda: SharpnessAwareMinimization(rho=args.rho_samon, norm_only=True),
     }
+    for n in args.every_n_steps:
+        methods[f"SAM every {n}"] = functools.partial(
+            SharpnessAwareMinimization, rho=args.rho_sam, every_n_steps=n
+        )
+        methods[f"SAM-ON every {n}"] = functools.partial(
+            SharpnessAwareMinimization, rho=args.rho_samon, norm_only=True, every_n_steps=n
+        )
+    if args.methods:
+        methods = {name: make for name, make in methods.items() if name in args.methods}
+    print(f"rho: SAM {args.rho_sam}, SAM-ON {args.rho_samon}")
     rows = []
     for name, make in methods.items():
         results = [run(seed, args.epochs, make()) for seed in args.seeds]

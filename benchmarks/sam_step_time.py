@@ -7,8 +7,12 @@ saved copy, BatchNorm momentum set to 0 for the second pass). SAM-ON in that loo
 normalisation parameters but still computes every gradient in the first backward, as the official
 SAM-ON code does; ours computes only the normalisation gradients there.
 
-Prints the median seconds per step of each variant and the ratios SAM/SGD and SAM-ON/SAM. Variants
-are timed round-robin so that load from other processes affects all of them alike.
+Also times ``every_n_steps=2`` (a SAM step, then a plain step; timed as a pair and halved) and,
+under autocast, SGD / SAM / SAM-ON in bf16 and in fp16 with a GradScaler (our SAM through
+``both_passes``, then unscale, step and update, as Lightning's 16-mixed plugin does).
+
+Prints the median seconds per step of each variant and the ratios. Variants are timed round-robin
+so that load from other processes affects all of them alike.
 
     python benchmarks/sam_step_time.py --batch-size 32 --steps 8
 """
@@ -20,6 +24,7 @@ import functools
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import timm
 import torch
@@ -95,6 +100,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rho", type=float, default=0.05)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--low-precision",
+        nargs="*",
+        default=["bf16", "fp16"],
+        choices=["bf16", "fp16"],
+        help="autocast variants to time as well (CPU fp16 is slow on most CPUs)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -105,12 +117,16 @@ def main() -> None:
 
     models = {}
     steps: dict[str, Callable[[], None]] = {}
+    per_call: dict[str, int] = {}
 
-    def add(name: str, make_step: Callable[[nn.Module], Callable[[], None]]) -> None:
+    def add(
+        name: str, make_step: Callable[[nn.Module], Callable[[], None]], calls: int = 1
+    ) -> None:
         torch.manual_seed(0)
         model = cifar_resnet18().train()
         models[name] = model
         steps[name] = make_step(model)
+        per_call[name] = calls
 
     def plain(model: nn.Module) -> Callable[[], None]:
         opt = sgd(model.parameters())
@@ -146,9 +162,15 @@ def main() -> None:
 
         return build
 
-    def ours(norm_only: bool) -> Callable[[nn.Module], Callable[[], None]]:
+    def ours(norm_only: bool, every_n_steps: int = 1) -> Callable[[nn.Module], Callable[[], None]]:
         def build(model: nn.Module) -> Callable[[], None]:
-            opt = SAM(model.parameters(), sgd, rho=args.rho, norm_only=norm_only).bind(model)
+            opt = SAM(
+                model.parameters(),
+                sgd,
+                rho=args.rho,
+                norm_only=norm_only,
+                every_n_steps=every_n_steps,
+            ).bind(model)
 
             def closure() -> Tensor:
                 opt.zero_grad()
@@ -156,7 +178,49 @@ def main() -> None:
                 loss.backward()
                 return loss
 
-            return lambda: opt.step(closure)
+            def step() -> None:
+                for _ in range(every_n_steps):
+                    opt.step(closure)
+
+            return step
+
+        return build
+
+    def autocast(dtype: torch.dtype, sam: bool, norm_only: bool = False) -> Any:
+        """SGD or our SAM under CPU autocast; fp16 steps through a GradScaler."""
+
+        def build(model: nn.Module) -> Callable[[], None]:
+            params = list(model.parameters())
+            opt = (
+                SAM(params, sgd, rho=args.rho, norm_only=norm_only).bind(model)
+                if sam
+                else sgd(params)
+            )
+            scaler = torch.amp.GradScaler("cpu") if dtype == torch.float16 else None
+
+            def closure() -> Tensor:
+                opt.zero_grad()
+                with torch.autocast("cpu", dtype=dtype):
+                    loss = crit(model(x), y)
+                (loss if scaler is None else scaler.scale(loss)).backward()
+                return loss
+
+            def step() -> None:
+                if scaler is None and sam:
+                    opt.step(closure)
+                    return
+                if sam:
+                    opt.both_passes(closure)
+                else:
+                    closure()
+                if scaler is None:
+                    opt.step()
+                    return
+                scaler.unscale_(opt)
+                scaler.step(opt)
+                scaler.update()
+
+            return step
 
         return build
 
@@ -165,6 +229,12 @@ def main() -> None:
     add("reference SAM-ON loop", reference(True))
     add("ours SAM", ours(False))
     add("ours SAM-ON", ours(True))
+    add("ours SAM every_n_steps=2", ours(False, every_n_steps=2), calls=2)
+    low = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    for tag in args.low_precision:
+        add(f"SGD {tag}", autocast(low[tag], sam=False))
+        add(f"ours SAM {tag}", autocast(low[tag], sam=True))
+        add(f"ours SAM-ON {tag}", autocast(low[tag], sam=True, norm_only=True))
 
     for _ in range(args.warmup):
         for step in steps.values():
@@ -174,7 +244,7 @@ def main() -> None:
         for name, step in steps.items():
             start = time.perf_counter()
             step()
-            times[name].append(time.perf_counter() - start)
+            times[name].append((time.perf_counter() - start) / per_call[name])
     med = {name: statistics.median(t) for name, t in times.items()}
     print(f"ResNet-18 (CIFAR stem), 32x32, batch {args.batch_size}, {args.threads} thread(s), CPU")
     for name, t in med.items():
@@ -186,6 +256,13 @@ def main() -> None:
     print(
         f"  ours SAM-ON / reference SAM-ON {med['ours SAM-ON'] / med['reference SAM-ON loop']:.3f}"
     )
+    print(
+        f"  every_n_steps=2 / ours SAM     {med['ours SAM every_n_steps=2'] / med['ours SAM']:.3f}"
+    )
+    print(f"  every_n_steps=2 / SGD          {med['ours SAM every_n_steps=2'] / med['SGD']:.3f}")
+    for tag in args.low_precision:
+        sam, sgd_t, on = med[f"ours SAM {tag}"], med[f"SGD {tag}"], med[f"ours SAM-ON {tag}"]
+        print(f"  {tag}: ours SAM / SGD {sam / sgd_t:.3f}, SAM-ON / SAM {on / sam:.3f}")
 
 
 if __name__ == "__main__":

@@ -124,3 +124,17 @@ def central_difference_force(
         moved.pos[atom, axis] += sign * step
         energies.append(model(moved)["energy"][graph].item())
     return -(energies[0] - energies[1]) / (2 * step)
+
+
+@pytest.fixture(scope="session")
+def oc20_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 generated adsorbate-on-slab systems relaxed with EMT, IS2RE and S2EF LMDBs under ``root``."""
+    from lightning_climate.datasets import generate_oc20
+
+    root = tmp_path_factory.mktemp("oc20")
+    generate_oc20(root, num_systems=12, seed=2, size=(2, 2, 2), steps=20, progress=False)
+    return root
+
+
+#: the real ERA5 sample shipped with the tests (see tests/data/era5/README)
+ERA5_SAMPLE = Path(__file__).parent / "data" / "era5" / "era5_sample.nc"

@@ -32,7 +32,7 @@ def _run(config: str, tmp_path: Path, *extra: str) -> dict:
             "false",
             "--trainer.default_root_dir",
             str(tmp_path),
-            "--data.init_args.paths",
+            "--data.init_args.root",
             str(SAMPLE),
             *extra,
         ]
@@ -49,7 +49,7 @@ def _history(ckpt: dict) -> list[dict[str, float]]:
 def test_era5_srcnn_example(constraint: str, tmp_path: Path) -> None:
     ckpt = _run("era5_srcnn.yaml", tmp_path, "--model.init_args.constraint", constraint)
     # the datamodule's training statistics (kelvin) travel with the checkpoint
-    assert 200 < float(ckpt["ERA5DataModule"]["raw_min"][0]) < 240
+    assert 200 < float(ckpt["ERA5DataModule"]["train_statistics"]["hr_min"][0]) < 240
     # violation in kelvin: float32 round-off of ~250 K values for constrained models
     violation = _history(ckpt)[-1]["max"]
     if constraint == "none":

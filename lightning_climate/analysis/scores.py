@@ -17,7 +17,7 @@ Definitions follow Kwok et al., "Dataset Difficulty and the Role of Inductive Bi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -83,15 +83,34 @@ def output_scores(logits: Tensor, target: Tensor) -> dict[str, Tensor]:
     }
 
 
-def _named_tensors(module: nn.Module) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    params = {name: p.detach() for name, p in module.named_parameters() if p.requires_grad}
-    frozen = {name: p.detach() for name, p in module.named_parameters() if not p.requires_grad}
-    buffers = {name: b for name, b in module.named_buffers()}
-    return params, {**frozen, **buffers}
+def _named_tensors(
+    module: nn.Module, parameters: Sequence[str] | None = None
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Trainable parameters to differentiate (those under the ``parameters`` prefixes), and the rest."""
+
+    def chosen(name: str) -> bool:
+        return parameters is None or any(name == p or name.startswith(f"{p}.") for p in parameters)
+
+    params, others = {}, {}
+    for name, p in module.named_parameters():
+        if p.requires_grad and chosen(name):
+            params[name] = p.detach()
+        else:
+            others[name] = p.detach()
+    if not params:
+        raise ValueError(
+            f"GraNd: no trainable parameter of {type(module).__name__} is under {list(parameters or [])}; "
+            "name submodules of the model (e.g. its classifier head) as in named_parameters()."
+        )
+    return params, {**others, **dict(module.named_buffers())}
 
 
 def grand(
-    module: nn.Module, inputs: Tensor, target: Tensor, chunk_size: int | None = None
+    module: nn.Module,
+    inputs: Tensor,
+    target: Tensor,
+    chunk_size: int | None = None,
+    parameters: Sequence[str] | None = None,
 ) -> Tensor:
     """GraNd: per-example norm of the gradient of the cross-entropy w.r.t. trainable parameters.
 
@@ -103,23 +122,32 @@ def grand(
         module: maps a batch ``(B, ...)`` of inputs to ``(B, C)`` logits.
         inputs: ``(B, ...)`` input batch.
         target: ``(B,)`` class labels.
-        chunk_size: examples per vectorised chunk (memory is ``chunk_size x num_params``);
+        chunk_size: examples per vectorised chunk; the per-example gradients of one chunk are
+            reduced to norms before the next chunk, so memory is ``chunk_size x num_params``.
             ``None`` processes the whole batch at once.
+        parameters: restrict the gradient to the parameters under these name prefixes (e.g. the
+            last layer, ``["fc"]``: the last-layer approximation of GraNd, which needs a backward
+            pass through that layer only); ``None`` uses every trainable parameter.
 
     Returns:
         ``(B,)`` float64 gradient norms.
     """
-    params, others = _named_tensors(module)
+    params, others = _named_tensors(module, parameters)
 
     def loss_one(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         logits = functional_call(module, (p, others), (x.unsqueeze(0),))
         return F.cross_entropy(logits, y.unsqueeze(0))
 
-    grads = vmap(grad(loss_one), in_dims=(None, 0, 0), chunk_size=chunk_size)(
-        params, inputs, target.long()
-    )
-    squares = [g.double().flatten(1).square().sum(1) for g in grads.values()]
-    return torch.stack(squares).sum(0).sqrt()
+    per_example = vmap(grad(loss_one), in_dims=(None, 0, 0))
+    target = target.long()
+    step = max(chunk_size or len(inputs), 1)
+    norms = [torch.zeros(0, dtype=torch.float64, device=inputs.device)]
+    for start in range(0, len(inputs), step):
+        grads = per_example(params, inputs[start : start + step], target[start : start + step])
+        squares = [g.double().flatten(1).square().sum(1) for g in grads.values()]
+        del grads  # free this chunk's per-example gradients before the next chunk
+        norms.append(torch.stack(squares).sum(0).sqrt())
+    return torch.cat(norms)
 
 
 def grand_loop(module: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:

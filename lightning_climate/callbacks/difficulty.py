@@ -1,87 +1,85 @@
 """Per-example difficulty scores logged during training, exact under DDP.
 
 :class:`DifficultyScores` re-evaluates a chosen split in eval mode at chosen epochs or steps and
-writes one self-describing NetCDF file per run (dims ``(epoch, index)``, the run's configuration in
-the attributes), grown by one record atomically at each scoring point so a crash loses no written epoch.
-Score definitions are in :mod:`lightning_climate.analysis.scores`.
+writes one Zarr store per run (dims ``(epoch, index)``, the run's configuration in the attributes),
+grown by one record per scoring point at a constant cost and crash-safely. Its parts: the schedule
+(:mod:`.difficulty_schedule`), the scoring pass (:mod:`.difficulty_probe`), the gathering on rank 0
+(:mod:`.difficulty_gather`) and the writer (:mod:`.difficulty_writer`, on
+:class:`lightning_climate.io.RecordStore`). Score definitions are in
+:mod:`lightning_climate.analysis.scores`.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import tempfile
+import uuid
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.distributed as dist
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
-from torchmetrics.utilities.distributed import gather_all_tensors
 
-from lightning_climate import __version__
 from lightning_climate.analysis.scores import (
     OUTPUT_SCORES,
     VoGAccumulator,
     forgetting_statistics,
-    functional_forward,
-    grand,
-    input_gradients,
     knn_predict,
-    output_scores,
     prediction_depth,
 )
-from lightning_climate.callbacks.record_file import RecordFile
+from lightning_climate.callbacks.difficulty_gather import first_occurrence, gather_to_rank_zero
+from lightning_climate.callbacks.difficulty_probe import (
+    BatchFormat,
+    Key,
+    Shard,
+    probe_loader,
+    score_shard,
+    to_device,
+)
+from lightning_climate.callbacks.difficulty_schedule import COSTLY_SCORES, ScoreSchedule
+from lightning_climate.callbacks.difficulty_writer import RecordWriter, run_attributes
+from lightning_climate.io import RecordStore
 from lightning_climate.utils import lazy_import
 
 __all__ = ["DIFFICULTY_SCORES", "DifficultyScores"]
 
 _FORGETTING = ("forgetting", "first_learned", "first_unforgettable", "unforgettable")
 #: every score name the callback accepts.
-DIFFICULTY_SCORES = (*OUTPUT_SCORES, "grand", "vog", "prediction_depth", *_FORGETTING)
+DIFFICULTY_SCORES = (*OUTPUT_SCORES, *COSTLY_SCORES, *_FORGETTING)
 _CHEAP = ("loss", "accuracy", "confidence", "margin", "el2n")
-
-_REQUIREMENTS = (
-    "DifficultyScores needs batches that are mappings (dicts) holding the input under "
-    "`input_key`, integer class labels under `target_key` and a unique integer id of each example "
-    "(e.g. its position in the dataset) under `index_key`, and a model whose forward (or the `forward` callable) maps the "
-    "input to (batch, classes) logits."
-)
+_SPLITS = ("train", "val", "test")
 
 
 def _call_module(module: nn.Module, x: Tensor) -> Tensor:
     return module(x)
 
 
-def _first_occurrence(index: Tensor) -> Tensor:
-    """Positions of the first occurrence of every distinct value of ``index``."""
-    order = torch.argsort(index, stable=True)
-    sorted_index = index[order]
-    keep = torch.ones_like(sorted_index, dtype=torch.bool)
-    keep[1:] = sorted_index[1:] != sorted_index[:-1]
-    return order[keep]
-
-
 class DifficultyScores(Callback):
-    """Score every example of a split in eval mode during training and write the scores to a file.
+    """Score every example of a split in eval mode during training and write the scores to a store.
 
-    The module must provide: batches that are dicts with ``input_key``, ``target_key`` (class
-    labels) and ``index_key`` (a unique integer id per example, e.g. its position in the dataset;
-    it becomes the file's ``index`` coordinate, sorted), and a forward pass
-    ``pl_module(x) -> (B, C)`` logits (or pass ``forward``). The scored split is read again from
-    ``trainer.datamodule.<split>_dataloader()`` (or the module's) without shuffling, with the same
-    batch transfer hooks as training; under DDP each rank scores a
-    :class:`~torch.utils.data.DistributedSampler` shard, scores are gathered on every rank, the
-    sampler's padding duplicates are dropped by index, and rank 0 writes the file.
+    The module must provide batches holding the inputs, integer class labels and (optionally) a
+    unique integer id per example: dicts (``input_key``, ``target_key``, ``index_key``) or tuples
+    (``input_key=0, target_key=1, index_key=None`` for ``(x, y)`` batches: the id is then the
+    example's position in the dataset), and a forward pass ``pl_module(x) -> (B, C)`` logits (or
+    pass ``forward``). The batch format is checked on one batch when training starts, before the
+    first step. The scored split is read again from the datamodule's or the module's
+    ``<split>_dataloader()``, or from the loaders given to ``trainer.fit``, without
+    shuffling, with the same batch transfer hooks as training; under DDP each rank scores a
+    :class:`~torch.utils.data.DistributedSampler` shard, the shards are gathered on rank 0 only,
+    the sampler's padding duplicates are dropped by index, and rank 0 writes the store.
 
     Loss, accuracy, confidence, max-confidence, entropy, margin and EL2N share one forward pass;
     GraNd (``torch.func``), VoG (input gradients) and prediction depth (k-NN probes on ``layers``)
     cost more and can be restricted to a few epochs with ``score_epochs``.
+
+    The store (``xarray.open_zarr(path)``) belongs to the run: a new run refuses to start when
+    anything exists at ``path``; a resumed run continues its own store (also with the default path,
+    which lies in the first run's log directory) after dropping the records written after the
+    restored checkpoint. Every checkpoint waits for the record in flight, so it lists only records
+    that are in the store.
 
     Args:
         scores: names from :data:`DIFFICULTY_SCORES` to record.
@@ -93,18 +91,22 @@ class DifficultyScores(Callback):
             these epochs only (and not at ``steps``); an epoch listed here is scored even if
             ``epochs``/``every_n_epochs`` skip it (the one-pass scores are recorded with it).
         split: which datamodule split to score.
-        input_key: batch key of the inputs.
-        target_key: batch key of the class labels.
-        index_key: batch key of the example positions.
+        input_key: batch key (dict batches) or position (tuple batches) of the inputs.
+        target_key: batch key or position of the class labels.
+        index_key: batch key or position of the example ids; ``None`` uses each example's position
+            in the dataset.
         forward: ``forward(pl_module, x) -> logits`` when ``pl_module(x)`` does not return logits;
             must be a module-level function (it is pickled for DDP).
         layers: names of submodules (``pl_module.named_modules()``) whose outputs feed the k-NN
             probes of prediction depth, ordered from input to output.
         knn_k: neighbours of each k-NN probe.
         batch_size: batch size of the scoring pass; ``None`` reuses the split's.
-        grand_chunk_size: examples per vectorised GraNd chunk (memory ``chunk x params``).
-        path: output NetCDF file; default ``<trainer.log_dir or default_root_dir>/difficulty_scores.nc``.
-        run_attrs: extra file attributes (e.g. ``{"architecture": "cnn"}``) for the analysis.
+        grand_chunk_size: examples per vectorised GraNd chunk (memory ``chunk x parameters``).
+        grand_parameters: compute GraNd over the parameters under these names only
+            (``pl_module.named_parameters()`` prefixes, e.g. ``["model.fc"]``): the last-layer
+            approximation for large models; ``None`` uses all trainable parameters.
+        path: output Zarr store; default ``<trainer.log_dir or default_root_dir>/difficulty_scores.zarr``.
+        run_attrs: extra store attributes (e.g. ``{"architecture": "cnn"}``) for the analysis.
         transfer_hooks: apply the module's/datamodule's batch transfer hooks (normalisation) to
             scoring batches; disable when ``on_after_batch_transfer`` augments during training.
         cache_batches: keep the scored split's collated batches in CPU memory after the first
@@ -112,6 +114,9 @@ class DifficultyScores(Callback):
             cheap scores on small models). Only for datasets without random transforms.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2
+        Writes a Zarr store (constant cost per record) instead of a NetCDF file; gathers on rank
+        0 only; accepts tuple batches and ``index_key=None``; ``grand_parameters``.
     """
 
     def __init__(
@@ -122,76 +127,94 @@ class DifficultyScores(Callback):
         steps: Sequence[int] | None = None,
         score_epochs: Mapping[str, Sequence[int]] | None = None,
         split: Literal["train", "val", "test"] = "train",
-        input_key: str = "image",
-        target_key: str = "label",
-        index_key: str = "index",
+        input_key: Key = "image",
+        target_key: Key = "label",
+        index_key: Key | None = "index",
         forward: Callable[[nn.Module, Tensor], Tensor] | None = None,
         layers: Sequence[str] | None = None,
         knn_k: int = 30,
         batch_size: int | None = None,
         grand_chunk_size: int | None = 64,
+        grand_parameters: Sequence[str] | None = None,
         path: str | None = None,
         run_attrs: Mapping[str, str | int | float] | None = None,
         transfer_hooks: bool = True,
         cache_batches: bool = False,
     ) -> None:
         unknown = sorted(set(scores) - set(DIFFICULTY_SCORES))
-        if unknown or not scores:
+        if isinstance(scores, str) or unknown or not scores:
             raise ValueError(
-                f"Unknown difficulty scores {unknown} (or none given); choose from "
-                f"{list(DIFFICULTY_SCORES)}."
+                f"Unknown difficulty scores {unknown or scores!r} (or none given); pass a list "
+                f"of names from {list(DIFFICULTY_SCORES)}."
             )
         if "prediction_depth" in scores and not layers:
             raise ValueError(
                 "prediction_depth needs `layers`: the names of the submodules whose outputs the "
                 "k-NN probes use, e.g. layers=['model.0', 'model.2']."
             )
-        if every_n_epochs < 0:
-            raise ValueError(f"every_n_epochs must be >= 0, got {every_n_epochs}.")
-        if epochs is not None and any(e < -1 for e in epochs):
-            raise ValueError(f"epochs must be >= -1 (-1 = before training), got {list(epochs)}.")
+        if split not in _SPLITS:
+            raise ValueError(f"split must be one of {list(_SPLITS)}, got {split!r}.")
         bad_keys = sorted(set(score_epochs or {}) - set(scores))
         if bad_keys:
             raise ValueError(f"score_epochs names scores {bad_keys} that are not in `scores`.")
-        if knn_k < 1:
-            raise ValueError(f"knn_k must be >= 1, got {knn_k}.")
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size}.")
+        for name, value, minimum in (
+            ("knn_k", knn_k, 1),
+            ("batch_size", batch_size, 1),
+            ("grand_chunk_size", grand_chunk_size, 1),
+        ):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < minimum
+            ):
+                raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")
+        for name, key in (
+            ("input_key", input_key),
+            ("target_key", target_key),
+            ("index_key", index_key),
+        ):
+            if key is not None and (isinstance(key, bool) or not isinstance(key, str | int)):
+                raise TypeError(
+                    f"{name} must be a str (dict batches) or an int (tuple batches), got {key!r}."
+                )
+        if path is not None and not str(path).rstrip("/").endswith(".zarr"):
+            raise ValueError(
+                f"path={path!r}: DifficultyScores writes a Zarr store; name it '*.zarr' (e.g. "
+                "'scores.zarr'). NetCDF files of earlier versions still read with "
+                "lightning_climate.analysis.difficulty."
+            )
+        for key, value in (run_attrs or {}).items():
+            if isinstance(value, bool) or not isinstance(value, str | int | float):
+                raise TypeError(
+                    f"run_attrs[{key!r}] = {value!r}: store attributes hold a str, int or float; "
+                    "convert it (e.g. str(value), or 0/1 for a flag)."
+                )
+        if forward is not None and not callable(forward):
+            raise TypeError(f"forward must be a callable forward(pl_module, x), got {forward!r}.")
+        self.schedule = ScoreSchedule.build(epochs, every_n_epochs, steps, score_epochs)
         self.scores = tuple(scores)
-        self.epochs = None if epochs is None else sorted(set(epochs))
-        self.every_n_epochs = every_n_epochs
-        self.steps = sorted(set(steps or ()))
-        self.score_epochs = {k: sorted(set(v)) for k, v in (score_epochs or {}).items()}
         self.split = split
-        self.input_key, self.target_key, self.index_key = input_key, target_key, index_key
+        self.batch_format = BatchFormat(input_key, target_key, index_key)
         self.forward = forward or _call_module
         self.layers = list(layers or ())
         self.knn_k = knn_k
         self.batch_size = batch_size
         self.grand_chunk_size = grand_chunk_size
+        self.grand_parameters = None if grand_parameters is None else list(grand_parameters)
         self.path = path
         self.run_attrs = dict(run_attrs or {})
-        for key, value in self.run_attrs.items():
-            if isinstance(value, bool) or not isinstance(value, str | int | float):
-                raise TypeError(
-                    f"run_attrs[{key!r}] = {value!r}: NetCDF attributes hold a str, int or float; "
-                    "convert it (e.g. str(value), or 0/1 for a flag)."
-                )
         self.transfer_hooks = transfer_hooks
         self.cache_batches = cache_batches
         # state that travels with checkpoints
-        self.scored: list[tuple[int, int]] = []  # (epoch, global_step) of every written record
+        self.run_id: str | None = None  # written into the store: the store belongs to this run
+        self.scored: list[tuple[int, int]] = []  # (epoch, global_step) of every durable record
         self.index_values: Tensor | None = None  # sorted example indices of the scored split
         self.accuracy_trace: list[Tensor] = []
         self.vog = VoGAccumulator(0)
         self.last_summary: dict[str, float] = {}
-        # per-process caches
-        self._loader: DataLoader[Any] | None = None
+        # per-process
+        self._checkpoint_path: str | None = None  # the store path a restored checkpoint names
+        self._loader: Any = None
         self._cache: list[Any] | None = None
-        self._file_synced = False  # the file holds exactly the records in `scored`
-        self._writer: ThreadPoolExecutor | None = None
-        self._pending: Future[None] | None = None
-        self._resolved_path: Path | None = None
+        self._writer: RecordWriter | None = None
 
     @property
     def state_key(self) -> str:
@@ -201,7 +224,7 @@ class DifficultyScores(Callback):
     # ------------------------------------------------------------------ hooks
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Refuse sharded strategies, check ``layers`` and netCDF4, and resolve the output file."""
+        """Refuse sharded strategies, check ``layers``, zarr and that the output path is writable."""
         if isinstance(trainer.strategy, FSDPStrategy | DeepSpeedStrategy):
             raise TypeError(
                 "DifficultyScores evaluates the full model on every rank; use DDP or a single "
@@ -214,15 +237,56 @@ class DifficultyScores(Callback):
                 f"layers {missing} are not submodules of {type(pl_module).__name__}; choose from "
                 f"{[n for n in modules if n][:20]} (names of pl_module.named_modules())."
             )
-        lazy_import("netCDF4")  # the writer needs it; fail here, not one epoch later in its thread
+        names = [n for n, _ in pl_module.named_parameters()]
+        for prefix in self.grand_parameters or ():
+            if not any(n == prefix or n.startswith(f"{prefix}.") for n in names):
+                raise ValueError(
+                    f"grand_parameters: {prefix!r} names no parameter of "
+                    f"{type(pl_module).__name__}; use prefixes of {names[-4:]} (named_parameters())."
+                )
+        lazy_import("zarr")  # the writer needs it; fail here, not one epoch later in its thread
         root = trainer.log_dir or trainer.default_root_dir
-        self._resolved_path = Path(self.path or Path(root) / "difficulty_scores.nc")
+        path = Path(self.path or Path(root) / "difficulty_scores.zarr")
+        self._writer = RecordWriter(path)
+        self._agree(trainer, _unwritable(path) if trainer.is_global_zero else None, OSError)
         self._loader = None
         self._cache = None
 
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Claim the store (new run) or continue it (resumed run)."""
+        writer = self._require_writer()
+        if self._checkpoint_path is not None and self.path is None:
+            # the default path lies in the log directory of the run's first version
+            writer = self._writer = RecordWriter(Path(self._checkpoint_path))
+        error = None
+        if trainer.is_global_zero:
+            if self.run_id is None:
+                error = writer.refuse_foreign()
+                if self.scored and error is None:  # a checkpoint of a version before run ids
+                    rank_zero_warn(
+                        f"DifficultyScores: the checkpoint lists records {self.scored} of a score "
+                        f"file written by an earlier version; {writer.path} starts after them."
+                    )
+            else:
+                try:
+                    kept, messages = writer.resume(self.run_id, self.scored)
+                except FileExistsError as err:
+                    error = str(err)
+                else:
+                    for message in messages:
+                        rank_zero_warn(f"DifficultyScores: {message}.")
+                    self.scored = kept
+        self._agree(trainer, error, FileExistsError)
+        if trainer.world_size > 1:  # every rank decides what is due from the same records
+            self.scored = trainer.strategy.broadcast(self.scored, src=0)
+        if self.run_id is None:
+            self.run_id = uuid.uuid4().hex
+        self.run_id = trainer.strategy.broadcast(self.run_id, src=0)
+
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Score the initial model when ``epochs`` contains -1."""
-        if self.epochs is not None and -1 in self.epochs and not self.scored:
+        """Check one batch of the scored split (before any training step); score -1 if chosen."""
+        self._check_batch(trainer, pl_module)
+        if self.schedule.epochs is not None and -1 in self.schedule.epochs and not self.scored:
             self._score_and_record(trainer, pl_module, epoch=-1, by_step=False)
 
     def on_train_batch_end(
@@ -231,45 +295,48 @@ class DifficultyScores(Callback):
         """Score after the global steps listed in ``steps``."""
         step = trainer.global_step
         # a step ending a scored epoch is left to on_train_epoch_end (same model, all its scores)
-        if trainer.is_last_batch and self._due(trainer.current_epoch):
+        if trainer.is_last_batch and self.schedule.due(trainer.current_epoch):
             return
-        if step in self.steps and (trainer.current_epoch, step) not in self.scored:
+        if step in self.schedule.steps and (trainer.current_epoch, step) not in self.scored:
             self._score_and_record(trainer, pl_module, trainer.current_epoch, by_step=True)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Score after the epochs chosen by ``epochs``/``every_n_epochs``/``score_epochs``."""
         epoch = trainer.current_epoch
-        if self._due(epoch) and (epoch, trainer.global_step) not in self.scored:
+        if self.schedule.due(epoch) and (epoch, trainer.global_step) not in self.scored:
             self._score_and_record(trainer, pl_module, epoch, by_step=False)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Wait until the last record is in the file."""
-        self._flush()
+        """Wait until the last record is in the store."""
+        if self._writer is not None:
+            self._writer.flush()
 
     def on_exception(
         self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
     ) -> None:
         """Finish writing the records scored before the crash (the training error propagates)."""
         try:
-            self._close()
+            if self._writer is not None:
+                self._writer.close()
         except Exception as err:  # noqa: BLE001 - must not mask the training error
             rank_zero_warn(f"DifficultyScores could not write its last record: {err!r}")
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Stop the writer thread."""
-        self._close()
-
-    def _close(self) -> None:
-        try:
-            self._flush()
-        finally:
-            if self._writer is not None:
-                self._writer.shutdown()
-                self._writer = None
+        if self._writer is not None:
+            self._writer.close()
 
     def state_dict(self) -> dict[str, Any]:
-        """Written records, the accuracy trace (forgetting) and the VoG accumulators."""
+        """Durable records, the store's path and run id, the accuracy trace and VoG accumulators.
+
+        Waits for the record in flight first, so a checkpoint never lists a record that a kill
+        right after it could lose.
+        """
+        if self._writer is not None:
+            self._writer.flush()
         return {
+            "run_id": self.run_id,
+            "path": None if self._writer is None else str(self._writer.path),
             "scored": list(self.scored),
             "index_values": None if self.index_values is None else self.index_values.clone(),
             "accuracy_trace": [a.clone() for a in self.accuracy_trace],
@@ -278,7 +345,9 @@ class DifficultyScores(Callback):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; the file's records not listed in it are dropped on write."""
+        """Restore :meth:`state_dict`; the store is reconciled with it when fit starts."""
+        self.run_id = state_dict.get("run_id")
+        self._checkpoint_path = state_dict.get("path")
         self.scored = [tuple(s) for s in state_dict.get("scored", [])]  # type: ignore[misc]
         self.accuracy_trace = [a.clone() for a in state_dict.get("accuracy_trace", [])]
         index_values = state_dict.get("index_values")
@@ -286,186 +355,134 @@ class DifficultyScores(Callback):
         if "vog" in state_dict:
             self.vog.load_state_dict(state_dict["vog"])
         self.last_summary = dict(state_dict.get("last_summary", {}))
-        self._file_synced = False
 
     # --------------------------------------------------------------- scoring
 
-    def _epoch_scheduled(self, epoch: int) -> bool:
-        if self.epochs is not None:
-            return epoch in self.epochs
-        return self.every_n_epochs > 0 and (epoch + 1) % self.every_n_epochs == 0
+    def _require_writer(self) -> RecordWriter:
+        if self._writer is None:
+            raise RuntimeError("DifficultyScores.setup must run before fit starts.")
+        return self._writer
 
-    def _due(self, epoch: int) -> bool:
-        return self._epoch_scheduled(epoch) or any(epoch in e for e in self.score_epochs.values())
-
-    def _active(self, name: str, epoch: int, by_step: bool) -> bool:
-        if name not in self.scores:
-            return False
-        if name in self.score_epochs:
-            return not by_step and epoch in self.score_epochs[name]
-        return by_step or self._epoch_scheduled(epoch)
-
-    def _probe_loader(self, trainer: Trainer, pl_module: LightningModule) -> DataLoader[Any]:
-        if self._loader is not None:
-            return self._loader
-        source = trainer.datamodule if trainer.datamodule is not None else pl_module
-        make = getattr(source, f"{self.split}_dataloader", None)
-        if make is None:
-            raise ValueError(
-                f"{type(source).__name__} has no {self.split}_dataloader(); choose another `split`."
-            )
-        loader = make()
-        if isinstance(loader, Sequence):
-            if len(loader) != 1:
-                raise ValueError(
-                    f"The {self.split} split has {len(loader)} dataloaders; DifficultyScores scores "
-                    "one dataset. Choose a split with a single dataloader."
-                )
-            loader = loader[0]
-        dataset = loader.dataset
-        if isinstance(dataset, IterableDataset):
-            raise TypeError(
-                "DifficultyScores needs a map-style dataset (with __len__ and __getitem__) so that "
-                "every example has a fixed index; got an IterableDataset."
-            )
-        sampler = None
+    @staticmethod
+    def _agree(trainer: Trainer, error: str | None, kind: type[Exception]) -> None:
+        """Raise rank 0's ``error`` on every rank (a rank that raised alone would hang the rest)."""
         if trainer.world_size > 1:
-            # rank r scores r, r+W, ...; the padding repeats the first examples and is dropped by index
-            sampler = DistributedSampler(
-                dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
-            )
-        self._loader = DataLoader(
-            dataset,
-            batch_size=self.batch_size or loader.batch_size or 1,
-            shuffle=False,
-            sampler=sampler,
-            num_workers=loader.num_workers,
-            collate_fn=loader.collate_fn,
-            # own generator: building an iterator must not consume the global RNG of training
-            generator=torch.Generator().manual_seed(0),
-        )
+            error = trainer.strategy.broadcast(error, src=0)
+        if error:
+            raise kind(error)
+
+    def _probe(self, trainer: Trainer, pl_module: LightningModule) -> Any:
+        if self._loader is None:
+            self._loader = probe_loader(trainer, pl_module, self.split, self.batch_size)
         return self._loader
 
-    def _batches(self, loader: DataLoader[Any]) -> Any:
+    def _batches(self, trainer: Trainer, pl_module: LightningModule) -> Any:
         """The scoring batches; with ``cache_batches`` collated once and then kept on the CPU."""
+        loader = self._probe(trainer, pl_module)
         if not self.cache_batches:
             return iter(loader)
         if self._cache is None:
             self._cache = list(loader)
         return iter(self._cache)
 
-    def _unpack(self, batch: Any) -> tuple[Tensor, Tensor, Tensor]:
-        if not isinstance(batch, Mapping):
-            raise TypeError(f"{_REQUIREMENTS} Got a batch of type {type(batch).__name__}.")
-        missing = [k for k in (self.input_key, self.target_key, self.index_key) if k not in batch]
-        if missing:
-            raise KeyError(
-                f"{_REQUIREMENTS} The batch has no key(s) {missing}; it has {list(batch)}."
-            )
-        return batch[self.input_key], batch[self.target_key], batch[self.index_key]
-
     @torch.no_grad()
-    def _score_local(
-        self, trainer: Trainer, pl_module: LightningModule, active: list[str]
-    ) -> tuple[Tensor, dict[str, Tensor], Tensor | None, list[Tensor]]:
-        """Scores of this rank's shard: index, score columns, VoG gradients, probe features."""
-        loader = self._probe_loader(trainer, pl_module)
-        wrapper = functional_forward(pl_module, self.forward)
-        features: dict[str, list[Tensor]] = {name: [] for name in self.layers}
-        hooks = [_FeatureHook(features[name]) for name in self.layers]
-        handles = []
-        if "prediction_depth" in active:
-            modules = dict(pl_module.named_modules())
-            for name, hook in zip(self.layers, hooks, strict=True):
-                handles.append(modules[name].register_forward_hook(hook))
-        indices: list[Tensor] = []
-        columns: dict[str, list[Tensor]] = {}
-        vog_grads: list[Tensor] = []
+    def _check_batch(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Unpack one scoring batch and run the model on it: wrong formats fail before training."""
+        batch = next(iter(self._probe(trainer, pl_module)), None)
+        if batch is None:
+            raise ValueError(f"DifficultyScores: the {self.split} split is empty.")
+        x, y, _ = self.batch_format.unpack(
+            to_device(trainer, pl_module, batch, self.transfer_hooks)
+        )
+        was_training = pl_module.training
+        pl_module.eval()
         try:
-            for batch in self._batches(loader):
-                if self.transfer_hooks:
-                    batch = trainer.strategy.batch_to_device(batch, pl_module.device)
-                else:
-                    batch = (
-                        {
-                            k: v.to(pl_module.device) if isinstance(v, Tensor) else v
-                            for k, v in batch.items()
-                        }
-                        if isinstance(batch, Mapping)
-                        else batch
-                    )
-                x, y, idx = self._unpack(batch)
-                for hook in hooks:
-                    hook.enabled = True
-                logits = wrapper(x)
-                for hook in hooks:  # GraNd's and VoG's extra forwards must not be recorded
-                    hook.enabled = False
-                for name, value in output_scores(logits, y).items():
-                    columns.setdefault(name, []).append(value.cpu())
-                columns.setdefault("prediction", []).append(logits.argmax(1).double().cpu())
-                columns.setdefault("target", []).append(y.double().cpu())
-                if "grand" in active:
-                    with torch.enable_grad():
-                        g = grand(wrapper, x, y, chunk_size=self.grand_chunk_size)
-                    columns.setdefault("grand", []).append(g.cpu())
-                if "vog" in active:
-                    g = input_gradients(wrapper, x, y)
-                    vog_grads.append(VoGAccumulator.reduce_channels(g).cpu())
-                indices.append(idx.long().cpu())
+            logits = self.forward(pl_module, x)
         finally:
-            for handle in handles:
-                handle.remove()
-        index = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long)
-        cols = {k: torch.cat(v) for k, v in columns.items()}
-        vog = torch.cat(vog_grads) if vog_grads else None
-        feats = [torch.cat(features[name]) for name in self.layers] if handles else []
-        return index, cols, vog, feats
-
-    def _gather(self, trainer: Trainer, pl_module: LightningModule, tensor: Tensor) -> Tensor:
-        if trainer.world_size == 1 or not (dist.is_available() and dist.is_initialized()):
-            return tensor
-        device = pl_module.device
-        return torch.cat([t.cpu() for t in gather_all_tensors(tensor.to(device))])
+            pl_module.train(was_training)
+        if not isinstance(logits, Tensor) or logits.ndim != 2 or len(logits) != len(y):
+            shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+            raise ValueError(
+                f"DifficultyScores needs (batch, classes) logits from the model, got {shape} for a "
+                f"batch of {len(y)}; pass forward=<a module-level function (pl_module, x) -> logits>."
+            )
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= logits.shape[1]):
+            raise ValueError(
+                f"DifficultyScores: labels under target_key={self.batch_format.target_key!r} range "
+                f"over [{int(y.min())}, {int(y.max())}] but the model has {logits.shape[1]} "
+                "classes; set target_key to the class labels."
+            )
 
     def _score_and_record(
         self, trainer: Trainer, pl_module: LightningModule, epoch: int, by_step: bool
     ) -> None:
         active = [
-            n for n in ("grand", "vog", "prediction_depth") if self._active(n, epoch, by_step)
+            n for n in COSTLY_SCORES if n in self.scores and self.schedule.active(n, epoch, by_step)
         ]
         was_training = pl_module.training
         pl_module.eval()
         try:
-            index, cols, vog_grads, feats = self._score_local(trainer, pl_module, active)
+            shard = score_shard(
+                trainer,
+                pl_module,
+                self._batches(trainer, pl_module),
+                self._probe(trainer, pl_module),
+                self.batch_format,
+                self.forward,
+                active,
+                self.layers,
+                self.transfer_hooks,
+                self.grand_chunk_size,
+                None
+                if self.grand_parameters is None
+                else [f"module.{p}" for p in self.grand_parameters],
+            )
         finally:
             pl_module.train(was_training)
-        num_examples = len(self._probe_loader(trainer, pl_module).dataset)  # type: ignore[arg-type]
-        names = sorted(cols)
-        table = torch.stack([cols[n] for n in names], 1) if names else torch.zeros(len(index), 0)
-        # gather on every rank, then keep one copy of each example, sorted by index
-        index_all = self._gather(trainer, pl_module, index)
-        keep = _first_occurrence(index_all)
-        index_all = index_all[keep]
-        table_all = self._gather(trainer, pl_module, table)[keep]
-        self._check_index(index_all, num_examples)
-        results = {n: table_all[:, i].double() for i, n in enumerate(names)}
+        record, error = self._gather_record(trainer, pl_module, shard, active)
+        self._agree(trainer, error, ValueError)
+        self.scored.append((epoch, trainer.global_step))
+        if record is None:  # not rank 0: the record lives there only
+            return
+        self._write(trainer, pl_module, epoch, record)
+        self.last_summary = {f"difficulty/{n}_mean": float(v.nanmean()) for n, v in record.items()}
+        for logger in trainer.loggers:
+            logger.log_metrics(self.last_summary, step=trainer.global_step)
+
+    def _gather_record(
+        self, trainer: Trainer, pl_module: LightningModule, shard: Shard, active: list[str]
+    ) -> tuple[dict[str, Tensor] | None, str | None]:
+        """Gather the shards on rank 0 and turn them into the record (``None`` elsewhere)."""
+        num_examples = len(self._probe(trainer, pl_module).dataset)
+        names = sorted(shard.columns)
+        table = torch.stack([shard.columns[n] for n in names], 1)
+        # every rank takes part in every gather, in the same order
+        index = gather_to_rank_zero(trainer, pl_module, shard.index)
+        table = gather_to_rank_zero(trainer, pl_module, table)
+        vog = None
+        if "vog" in active and shard.vog is not None:
+            vog = gather_to_rank_zero(trainer, pl_module, shard.vog)
+        features = [gather_to_rank_zero(trainer, pl_module, f.double()) for f in shard.features]
+        if index is None or table is None:
+            return None, None
+        keep = first_occurrence(index)
+        error = self._check_index(index[keep], num_examples)
+        if error:
+            return None, error
+        results = {n: table[keep, i].double() for i, n in enumerate(names)}
         record = {n: results[n] for n in OUTPUT_SCORES if n in self.scores}
         if "grand" in active:
             record["grand"] = results["grand"]
-        if "vog" in active and vog_grads is not None:
+        if vog is not None:
             if self.vog.num_examples != num_examples:
                 self.vog = VoGAccumulator(num_examples)
-            grads_all = self._gather(trainer, pl_module, vog_grads)[keep]
-            self.vog.update(torch.arange(num_examples), grads_all)
+            self.vog.update(torch.arange(num_examples), vog[keep])
             record["vog"] = self.vog.compute()
         if "prediction_depth" in active:
             # probes are fit on the true labels; the depth compares them with the prediction
             labels = results["target"].long()
             k = min(self.knn_k, num_examples - 1)
-            probes = [
-                knn_predict(self._gather(trainer, pl_module, f.double())[keep], labels, k)
-                for f in feats
-            ]
+            probes = [knn_predict(f[keep], labels, k) for f in features if f is not None]
             depth = prediction_depth(torch.stack(probes), results["prediction"].long())
             record["prediction_depth"] = depth.double()
         if any(n in self.scores for n in _FORGETTING):
@@ -474,129 +491,70 @@ class DifficultyScores(Callback):
             for name in _FORGETTING:
                 if name in self.scores:
                     record[name] = stats[name].double()
-        self.scored.append((epoch, trainer.global_step))
-        if trainer.is_global_zero:
-            self._write(trainer, pl_module, epoch, record)
-            self.last_summary = {
-                f"difficulty/{n}_mean": float(v.nanmean()) for n, v in record.items()
-            }
-            for logger in trainer.loggers:
-                logger.log_metrics(self.last_summary, step=trainer.global_step)
+        return record, None
 
-    def _check_index(self, index: Tensor, num_examples: int) -> None:
-        """The gathered, de-duplicated indices must name every example once, the same each time."""
+    def _check_index(self, index: Tensor, num_examples: int) -> str | None:
+        """Why the gathered, de-duplicated ids do not name every example once, the same each time."""
+        key = self.batch_format.index_key
         if len(index) != num_examples:
-            raise ValueError(
-                f"Batch key `{self.index_key}` must identify every example of the scored dataset: "
+            return (
+                f"Batch key `{key}` must identify every example of the scored dataset: "
                 f"{num_examples} examples carried {len(index)} distinct values. Give each sample "
-                "its own index (its position in the dataset)."
+                "its own index (its position in the dataset), or pass index_key=None."
             )
         if self.index_values is None:
             self.index_values = index.clone()
         elif not torch.equal(self.index_values, index):
-            raise ValueError(
-                f"The scored examples' `{self.index_key}` values changed between scoring points; "
-                "the scored split must be the same dataset throughout training."
+            return (
+                f"The scored examples' `{key}` values changed between scoring points; the "
+                "scored split must be the same dataset throughout training."
             )
+        return None
 
     # ----------------------------------------------------------------- output
 
     def _attrs(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
         config = {
             "scores": list(self.scores),
-            "epochs": self.epochs,
-            "every_n_epochs": self.every_n_epochs,
-            "steps": self.steps,
-            "score_epochs": self.score_epochs,
+            **self.schedule.as_dict(),
             "split": self.split,
             "layers": self.layers,
             "knn_k": self.knn_k,
+            "grand_parameters": self.grand_parameters,
             "forward": getattr(self.forward, "__qualname__", repr(self.forward)),
         }
-        hparams = dict(pl_module.hparams) if pl_module.hparams else {}
-        model = hparams.get("model")
-        # a model given by name (timm) is in the hparams; an injected module is named by its class
-        inner = getattr(pl_module, "model", None)
-        if not isinstance(model, str) and isinstance(inner, nn.Module):
-            model = type(inner).__name__
-        attrs: dict[str, Any] = {
-            "title": "Per-example difficulty scores",
-            "source": f"lightning_climate {__version__} DifficultyScores",
-            "model_class": type(pl_module).__name__,
-            "architecture": model if isinstance(model, str) else type(pl_module).__name__,
-            "seed": int(os.environ.get("PL_GLOBAL_SEED", "-1")),
-            "world_size": trainer.world_size,
-            "num_parameters": sum(p.numel() for p in pl_module.parameters()),
-            "callback_config": json.dumps(config),
-            "hparams": json.dumps(hparams, default=repr),
-            "conventions": (
-                "eval mode; margin on probabilities; forgetting with acc(-1)=0 over the recorded "
-                "epochs; VoG on the input gradient of p_y, channel-mean then variance over "
-                "records then pixel-mean; prediction depth = first probed layer from which all "
-                "k-NN probes agree with the network's prediction; NaN = not computed"
-            ),
-        }
-        attrs.update(self.run_attrs)
-        return attrs
+        assert self.run_id is not None
+        return {**run_attributes(trainer, pl_module, self.run_id, config), **self.run_attrs}
 
     def _write(
         self, trainer: Trainer, pl_module: LightningModule, epoch: int, record: dict[str, Tensor]
     ) -> None:
-        """Hand the record to the writer thread, so the file write overlaps the next epoch."""
-        self._flush()  # one record in flight at most, and the file is in a known state
-        path = self._resolved_path
-        assert path is not None
+        """Hand the record to the writer thread, so the store write overlaps the next epoch."""
+        writer = self._require_writer()
         assert self.index_values is not None
         values = {n: v.numpy() for n, v in record.items()}
         attrs = self._attrs(trainer, pl_module)
         step = trainer.global_step
-        file = RecordFile(path)
-        if len(self.scored) == 1 or not path.exists():
-            index = self.index_values.numpy()
+        index = self.index_values.numpy()
 
-            def store() -> None:
-                file.create(index, epoch, step, values, attrs)
-        else:
-            known = None if self._file_synced else list(self.scored[:-1])
+        def write(store: RecordStore) -> None:
+            if not store.exists():
+                store.create(index, attrs)
+            store.append(epoch, step, values, attrs)
 
-            def store() -> None:
-                if known is not None:
-                    # resumed run: drop the file's records written after the restored checkpoint
-                    file.keep(known)
-                file.append(epoch, step, values, attrs)
-
-        self._file_synced = True
-        if self._writer is None:
-            self._writer = ThreadPoolExecutor(1, thread_name_prefix="DifficultyScores")
-        self._pending = self._writer.submit(store)
-        rank_zero_info(f"DifficultyScores: writing epoch {epoch} to {path}")
-
-    def _flush(self) -> None:
-        """Wait for the record in flight; its write error, if any, is raised here."""
-        pending, self._pending = self._pending, None
-        if pending is None:
-            return
-        try:
-            pending.result()
-        except OSError as err:
-            raise OSError(
-                f"DifficultyScores could not write its scores to {self._resolved_path}: {err}. "
-                "Pass a writable file as `path`; records written before are intact."
-            ) from err
-
-    def __getstate__(self) -> dict[str, Any]:
-        # ddp_spawn pickles the callbacks; a thread pool cannot be pickled
-        self._flush()
-        return {**self.__dict__, "_writer": None, "_pending": None}
+        writer.submit(write)
+        rank_zero_info(f"DifficultyScores: writing epoch {epoch} to {writer.path}")
 
 
-class _FeatureHook:
-    """Forward hook storing a module's output on the CPU (picklable, unlike a closure)."""
-
-    def __init__(self, store: list[Tensor]) -> None:
-        self.store = store
-        self.enabled = False
-
-    def __call__(self, module: nn.Module, args: Any, output: Tensor) -> None:
-        if self.enabled:
-            self.store.append(output.detach().flatten(1).cpu())
+def _unwritable(path: Path) -> str | None:
+    """Why no store can be written at ``path`` (tested by creating a file beside it), or None."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as err:
+        return (
+            f"DifficultyScores cannot write its scores to {path}: {err}. Pass a writable file as "
+            "`path` (a '*.zarr' store in a directory you can write to)."
+        )
+    return None

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.plugins.precision import MixedPrecision
-from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_climate.optim.norm import NormFilter
-from lightning_climate.optim.sam import SAM
+from lightning_climate.optim.sam import SAM, check_settings
 
 __all__ = ["SharpnessAwareMinimization"]
 
-_REFUSED_STRATEGIES = (DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy)
+#: strategies whose optimizer sees flattened local shards (no global gradient norm per tensor);
+#: ModelParallelStrategy (FSDP2, DTensor parameters) is supported.
+_REFUSED_STRATEGIES = (DeepSpeedStrategy, FSDPStrategy)
 
 
 class SharpnessAwareMinimization(Callback):
@@ -30,13 +31,15 @@ class SharpnessAwareMinimization(Callback):
     the second; :func:`~lightning_climate.optim.in_perturbed_pass` tells ``training_step`` which
     pass it is in); BatchNorm running statistics are not changed by the second pass; gradient
     clipping set on the Trainer is applied to the second gradient before the update; under DDP
-    both passes use all-reduced gradients; checkpoints hold the base optimizer's state.
+    both passes use all-reduced gradients (``perturbation="global"``) or the first pass stays on
+    each rank (``"local"``); under ``precision="16-mixed"`` both passes are scaled, an overflow
+    in either skips the step and the scale is updated once; checkpoints hold the base
+    optimizer's state and the step count.
 
-    Refused, each with an error naming the fix: ``precision="16-mixed"`` (its GradScaler never
-    hands the closure to the optimizer; use ``bf16-mixed`` or ``32-true``),
-    ``accumulate_grad_batches > 1``, manual optimization (use :class:`SAM` directly), an
-    optimizer that is already SAM, and the FSDP / DeepSpeed / model-parallel
-    strategies (their sharded parameters are not perturbable tensor by tensor).
+    Refused, each with an error naming the fix: ``accumulate_grad_batches > 1``, manual
+    optimization (use :class:`SAM` directly), an optimizer that is already SAM, and the FSDP (v1)
+    and DeepSpeed strategies (their optimizer sees flattened local shards). Sharded FSDP2
+    parameters (``ModelParallelStrategy`` with ``fully_shard``) are supported.
 
     Caveat: the ``training_step`` output handed to ``on_train_batch_end`` is that of the second
     pass (Lightning keeps the closure's last result); the per-step loss is the first pass's.
@@ -49,6 +52,9 @@ class SharpnessAwareMinimization(Callback):
         norm_filter: ``(module name, module) -> bool`` replacing the default choice of
             normalisation modules (all BatchNorm/GroupNorm/LayerNorm/InstanceNorm/RMSNorm and timm
             norm layers).
+        perturbation: ``"global"`` (every rank uses the all-reduced first gradient) or
+            ``"local"`` (per-rank perturbation, one all-reduce per step), see :class:`SAM`.
+        every_n_steps: a SAM step every ``n``-th step, plain steps in between.
     """
 
     def __init__(
@@ -58,11 +64,16 @@ class SharpnessAwareMinimization(Callback):
         norm_only: bool = False,
         eta: float = 0.01,
         norm_filter: NormFilter | None = None,
+        perturbation: Literal["global", "local"] = "global",
+        every_n_steps: int = 1,
     ) -> None:
-        if rho < 0:
-            raise ValueError(f"SharpnessAwareMinimization: rho must be >= 0, got {rho}.")
-        if eta < 0:
-            raise ValueError(f"SharpnessAwareMinimization: eta must be >= 0, got {eta}.")
+        check_settings(
+            "SharpnessAwareMinimization",
+            rho=rho,
+            eta=eta,
+            perturbation=perturbation,
+            every_n_steps=every_n_steps,
+        )
         if rho == 0:
             rank_zero_warn("SharpnessAwareMinimization(rho=0) doubles the cost of plain training.")
         self.rho = rho
@@ -70,23 +81,20 @@ class SharpnessAwareMinimization(Callback):
         self.norm_only = norm_only
         self.eta = eta
         self.norm_filter = norm_filter
+        self.perturbation = perturbation
+        self.every_n_steps = every_n_steps
         self.steps = 0
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Refuse precision, accumulation and strategies that SAM cannot run under."""
+        """Refuse accumulation and strategies that SAM cannot run under."""
         if stage != "fit":
             return
         if isinstance(trainer.strategy, _REFUSED_STRATEGIES):
             raise MisconfigurationException(
                 f"SharpnessAwareMinimization does not support {type(trainer.strategy).__name__}: "
-                "sharded parameters cannot be perturbed tensor by tensor. Use strategy='ddp'."
-            )
-        plugin = trainer.precision_plugin
-        if isinstance(plugin, MixedPrecision) and plugin.scaler is not None:
-            raise MisconfigurationException(
-                "SharpnessAwareMinimization cannot run with precision='16-mixed': its GradScaler "
-                "calls optimizer.step() without the closure SAM needs for the second pass. Use "
-                "precision='bf16-mixed' or '32-true'."
+                "its optimizer sees flattened local shards, so the perturbation's gradient norm "
+                "would not be global. Use strategy='ddp', or ModelParallelStrategy with "
+                "torch.distributed.fsdp.fully_shard in configure_model (FSDP2)."
             )
         if trainer.accumulate_grad_batches > 1:
             raise MisconfigurationException(
@@ -119,6 +127,8 @@ class SharpnessAwareMinimization(Callback):
             norm_only=self.norm_only,
             eta=self.eta,
             norm_filter=self.norm_filter,
+            perturbation=self.perturbation,
+            every_n_steps=self.every_n_steps,
         )
         trainer.strategy.optimizers = [sam.bind(pl_module)]
 
@@ -130,23 +140,27 @@ class SharpnessAwareMinimization(Callback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        """Count SAM steps (one per batch: accumulation is refused)."""
+        """Count optimizer steps (one per batch: accumulation is refused)."""
         self.steps += 1
 
     def state_dict(self) -> dict[str, Any]:
-        """Settings and the number of SAM steps taken (the optimizer state is in the checkpoint)."""
+        """Settings and the number of steps taken (the optimizer state is in the checkpoint)."""
         return {
             "rho": self.rho,
             "adaptive": self.adaptive,
             "norm_only": self.norm_only,
             "eta": self.eta,
+            "perturbation": self.perturbation,
+            "every_n_steps": self.every_n_steps,
             "steps": self.steps,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the step count; warn when the checkpoint was made with other settings."""
         self.steps = state_dict.get("steps", 0)
-        saved = {k: state_dict.get(k) for k in ("rho", "adaptive", "norm_only", "eta")}
+        keys = ("rho", "adaptive", "norm_only", "eta", "perturbation", "every_n_steps")
+        defaults = {"perturbation": "global", "every_n_steps": 1}
+        saved = {k: state_dict.get(k, defaults.get(k)) for k in keys}
         current = {k: getattr(self, k) for k in saved}
         if saved != current:
             rank_zero_warn(

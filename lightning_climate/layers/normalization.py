@@ -104,18 +104,13 @@ class Normalizer(nn.Module):
         self.set_statistics(shift, scale)
 
     def set_statistics(self, shift: Tensor, scale: Tensor) -> None:
-        """Store ``shift`` and ``scale`` directly (same shape rules as :meth:`fit`)."""
+        """Store ``shift`` and ``scale`` directly; each follows the shape rules of the class doc."""
         shift = torch.as_tensor(shift).to(torch.get_default_dtype())
         scale = torch.as_tensor(scale).to(torch.get_default_dtype())
-        if shift.shape != scale.shape:
+        if self.grouped and (shift.ndim == 0 or scale.ndim == 0 or len(shift) != len(scale)):
             raise ValueError(
-                f"Normalizer({self.key!r}): shift {tuple(shift.shape)} and scale "
-                f"{tuple(scale.shape)} must have the same shape."
-            )
-        if self.grouped and shift.ndim == 0:
-            raise ValueError(
-                f"Normalizer({self.key!r}) is grouped: its statistics need a leading group "
-                "dimension, got a scalar."
+                f"Normalizer({self.key!r}) is grouped: shift {tuple(shift.shape)} and scale "
+                f"{tuple(scale.shape)} need the same leading group dimension."
             )
         if not (torch.isfinite(shift).all() and torch.isfinite(scale).all()):
             raise ValueError(

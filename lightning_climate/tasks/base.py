@@ -162,8 +162,8 @@ class BaseTask(LightningModule):
     ) -> None:
         """Log ``{prefix}loss``, averaged over processes on evaluation stages.
 
-        With several named loaders, the first one's loss is also logged as ``{stage}_loss`` so
-        :attr:`monitor` exists for every datamodule.
+        With several named validation loaders, the first one's loss is also logged as
+        ``val_loss``, so :attr:`monitor` exists for every datamodule.
         """
         kwargs = {
             "batch_size": batch_size,
@@ -174,8 +174,8 @@ class BaseTask(LightningModule):
         }
         prefix = self.loader_prefix(stage, dataloader_idx)
         self.log(f"{prefix}loss", loss.detach(), **kwargs)
-        if dataloader_idx == 0 and prefix != f"{stage}_":
-            self.log(f"{stage}_loss", loss.detach(), **kwargs)
+        if stage == "val" and dataloader_idx == 0 and prefix != "val_":
+            self.log("val_loss", loss.detach(), **kwargs)
 
     def log_metrics(self, metrics: MetricCollection, batch_size: int, **kwargs: Any) -> None:
         """Log a metric collection as metric objects (reduced over processes at epoch end)."""

@@ -109,6 +109,8 @@ class EmulationTask(BaseTask):
     def forward(self, x: Tensor, model_id: Tensor | None = None) -> Tensor:
         """Predict physical outputs from physical forcings; ``model_id`` picks super-emulator heads."""
         if model_id is None:
+            if isinstance(self.model, SuperEmulator):
+                raise ValueError("A SuperEmulator needs the batch's `model_id`.")
             model_id = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         pred = self._model(self.normalizers["x"](x, model_id), model_id)
         return self.normalizers["y"].inverse(pred, model_id)

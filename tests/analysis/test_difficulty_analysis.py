@@ -186,7 +186,7 @@ def run_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     for model in ("mlp", "cnn"):
         for seed in (0, 1, 2):
             seed_everything(seed)
-            path = root / f"{model}_{seed}.nc"
+            path = root / f"{model}_{seed}.zarr"
             callback = DifficultyScores(
                 scores=["loss", "accuracy", "margin", "el2n", "forgetting"], path=str(path)
             )
@@ -212,13 +212,13 @@ def test_load_runs_reduces_epochs(run_files: list[Path]) -> None:
     assert runs.scores["loss"].shape == (6, 240)
     import xarray as xr
 
-    with xr.open_dataset(run_files[0], engine="h5netcdf") as ds:
+    with xr.open_zarr(run_files[0]) as ds:
         np.testing.assert_allclose(runs.scores["loss"][0], ds["loss"].values.mean(0))
         np.testing.assert_array_equal(runs.scores["forgetting"][0], ds["forgetting"].values[-1])
     with pytest.raises(ValueError, match="has no attribute 'arch'"):
         load_runs(run_files, group_by="arch")
     with pytest.raises(FileNotFoundError, match="train with the DifficultyScores callback"):
-        load_runs([run_files[0], run_files[0].with_name("missing.nc")])
+        load_runs([run_files[0], run_files[0].with_name("missing.zarr")])
 
 
 def test_consistency_on_real_runs(run_files: list[Path]) -> None:

@@ -7,11 +7,17 @@ from typing import Any
 import pytest
 import torch
 from lightning.pytorch import Trainer
-from lightning.pytorch.plugins.precision import MixedPrecision
-from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from sam_helpers import ManualSAMNet, SaveParams, SmallNet
+from sam_helpers import (
+    ManualSAMNet,
+    RegressionSet,
+    SaveParams,
+    SmallNet,
+    reference_params,
+)
 from torch import Tensor, nn
+from torch.utils.data import DistributedSampler
 
 from lightning_climate.callbacks import SharpnessAwareMinimization
 from lightning_climate.optim import SAM
@@ -19,30 +25,14 @@ from lightning_climate.optim import SAM
 STEPS = 3
 
 
-def fp16_with_scaler() -> MixedPrecision:
-    # Trainer(precision="16-mixed") silently becomes bf16 on CPU; this is what it builds on a GPU.
-    return MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
-
-
-def reference_params(steps: int, batch_size: int = 16, **sam: Any) -> dict[str, Tensor]:
-    """The same training written as a plain PyTorch loop around the SAM optimizer."""
-    model = SmallNet(batch_size=batch_size)
-    opt = SAM.wrap(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), **sam).bind(model)
-    loader = model.train_dataloader()
-    for _, batch in zip(range(steps), loader, strict=False):
-
-        def closure(batch: dict[str, Tensor] = batch) -> Tensor:
-            opt.zero_grad()
-            loss = nn.functional.mse_loss(model(batch["x"]), batch["y"])
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-    return dict(model.named_parameters())
-
-
 @pytest.mark.parametrize(
-    "sam", [{"rho": 0.2}, {"rho": 1.0, "norm_only": True}, {"rho": 0.5, "adaptive": True}]
+    "sam",
+    [
+        {"rho": 0.2},
+        {"rho": 1.0, "norm_only": True},
+        {"rho": 0.5, "adaptive": True},
+        {"rho": 0.5, "every_n_steps": 2},
+    ],
 )
 def test_callback_equals_plain_sam_loop(
     trainer_kwargs: dict[str, Any], sam: dict[str, Any]
@@ -122,27 +112,15 @@ def test_bf16_mixed_runs(trainer_kwargs: dict[str, Any]) -> None:
         torch.testing.assert_close(p, ref[n], atol=5e-2, rtol=5e-2)
 
 
-@pytest.mark.parametrize(
-    ("trainer_extra", "match"),
-    [
-        ({"plugins": [fp16_with_scaler()]}, "precision='bf16-mixed' or '32-true'"),
-        ({"accumulate_grad_batches": 2}, "Use accumulate_grad_batches=1"),
-    ],
-)
-def test_refused_trainer_settings(
-    trainer_kwargs: dict[str, Any], trainer_extra: dict[str, Any], match: str
-) -> None:
+def test_accumulation_refused(trainer_kwargs: dict[str, Any]) -> None:
     trainer = Trainer(
-        max_steps=1, callbacks=[SharpnessAwareMinimization()], **trainer_kwargs, **trainer_extra
+        max_steps=1,
+        accumulate_grad_batches=2,
+        callbacks=[SharpnessAwareMinimization()],
+        **trainer_kwargs,
     )
-    with pytest.raises(MisconfigurationException, match=match):
+    with pytest.raises(MisconfigurationException, match="Use accumulate_grad_batches=1"):
         trainer.fit(SmallNet())
-
-
-def test_sam_optimizer_refuses_16_mixed_and_accumulation(trainer_kwargs: dict[str, Any]) -> None:
-    trainer = Trainer(max_steps=1, plugins=[fp16_with_scaler()], **trainer_kwargs)
-    with pytest.raises(RuntimeError, match="precision='bf16-mixed' or '32-true'"):
-        trainer.fit(SmallNet(sam={"rho": 0.1}))
     trainer = Trainer(max_steps=1, accumulate_grad_batches=2, **trainer_kwargs)
     with pytest.raises(RuntimeError, match="accumulate_grad_batches=1"):
         trainer.fit(SmallNet(sam={"rho": 0.1}))
@@ -171,6 +149,10 @@ def test_bad_arguments() -> None:
         SharpnessAwareMinimization(rho=-0.1)
     with pytest.raises(ValueError, match="eta must be >= 0"):
         SharpnessAwareMinimization(eta=-1.0)
+    with pytest.raises(ValueError, match="perturbation must be 'global' or 'local'"):
+        SharpnessAwareMinimization(perturbation="per-device")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="every_n_steps must be an integer >= 1"):
+        SharpnessAwareMinimization(every_n_steps=0)
 
 
 def test_state_dict_round_trip() -> None:
@@ -210,42 +192,115 @@ def test_resume_continues_identically(trainer_kwargs: dict[str, Any], tmp_path: 
         torch.testing.assert_close(p, dict(straight.named_parameters())[name], msg=name)
 
 
+def fit_ddp(
+    directory: Path, trainer_kwargs: dict[str, Any], callbacks: list[Any], **net: Any
+) -> list[dict[str, Any]]:
+    """Two ranks of 8 samples each (16 in all); each rank's saved run (see SaveParams)."""
+    directory.mkdir()
+    strategy = DDPStrategy(start_method="spawn")
+    kwargs = {**trainer_kwargs, "deterministic": False, "max_steps": STEPS}
+    Trainer(
+        devices=2, strategy=strategy, callbacks=[SaveParams(directory), *callbacks], **kwargs
+    ).fit(SmallNet(batch_size=8, n_samples=16, **net))
+    return [torch.load(directory / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+
+
 def run_ddp_vs_single(
     tmp_path: Path, trainer_kwargs: dict[str, Any], callback: dict[str, Any] | None, **net: Any
-) -> None:
+) -> list[dict[str, Any]]:
     sam = [] if callback is None else [SharpnessAwareMinimization(**callback)]
-    single_dir, ddp_dir = tmp_path / "single", tmp_path / "ddp"
+    single_dir = tmp_path / "single"
     single_dir.mkdir()
-    ddp_dir.mkdir()
     kwargs = {**trainer_kwargs, "deterministic": False, "max_steps": STEPS}
     # 16 samples: every step sees the whole data set (8 per rank under DDP), whatever the sampler
     Trainer(devices=1, callbacks=[SaveParams(single_dir), *sam], **kwargs).fit(
         SmallNet(batch_size=16, n_samples=16, **net)
     )
-    Trainer(devices=2, strategy="ddp_spawn", callbacks=[SaveParams(ddp_dir), *sam], **kwargs).fit(
-        SmallNet(batch_size=8, n_samples=16, **net)
-    )
-    single = torch.load(single_dir / "rank0.pt", weights_only=True)
-    for rank in (0, 1):
-        ddp = torch.load(ddp_dir / f"rank{rank}.pt", weights_only=True)
+    runs = fit_ddp(tmp_path / "ddp", trainer_kwargs, sam, **net)
+    single = torch.load(single_dir / "rank0.pt", weights_only=True)["state"]
+    for rank, run in enumerate(runs):
         for name, value in single.items():
             torch.testing.assert_close(
-                ddp[name], value, atol=1e-5, rtol=1e-5, msg=f"rank {rank} {name}"
+                run["state"][name], value, atol=1e-5, rtol=1e-5, msg=f"rank {rank} {name}"
             )
+    return runs
 
 
 @pytest.mark.ddp
 def test_ddp_callback_full_sam_equals_single_process(
     tmp_path: Path, trainer_kwargs: dict[str, Any]
 ) -> None:
-    run_ddp_vs_single(tmp_path, trainer_kwargs, callback={"rho": 0.5})
+    runs = run_ddp_vs_single(tmp_path, trainer_kwargs, callback={"rho": 0.5})
+    # global perturbation: DDP all-reduces (one bucket) in both passes of every step
+    assert runs[0]["allreduces"] == [False, True] * STEPS
 
 
 @pytest.mark.ddp
 def test_ddp_optimizer_sam_on_equals_single_process(
     tmp_path: Path, trainer_kwargs: dict[str, Any]
 ) -> None:
-    run_ddp_vs_single(tmp_path, trainer_kwargs, None, sam={"rho": 1.0, "norm_only": True})
+    runs = run_ddp_vs_single(tmp_path, trainer_kwargs, None, sam={"rho": 1.0, "norm_only": True})
+    # SAM-ON averages its few first-pass gradients by hand: DDP reduces only the second pass
+    assert runs[0]["allreduces"] == [True] * STEPS
+
+
+def local_reference(steps: int, rho: float, local: bool) -> dict[str, Tensor]:
+    """Two ranks' halves by hand: each perturbs with its own (local) or the mean gradient, then
+    the two perturbed gradients are averaged into one SGD step."""
+    model = SmallNet(n_samples=16)
+    params = list(model.parameters())
+    sgd = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    data = RegressionSet(16)
+    # Lightning's DistributedSampler for training: shuffled with seed 0, one epoch per step here
+    samplers = [
+        DistributedSampler(data, num_replicas=2, rank=r, shuffle=True, seed=0) for r in (0, 1)
+    ]
+
+    def grads(x: Tensor, y: Tensor) -> list[Tensor]:
+        return list(torch.autograd.grad(nn.functional.mse_loss(model(x), y), params))
+
+    for step in range(steps):
+        for sampler in samplers:
+            sampler.set_epoch(step)
+        halves = [(data.x[list(s)], data.y[list(s)]) for s in samplers]
+        first = [grads(x, y) for x, y in halves]
+        if not local:
+            first = [[(a + b) / 2 for a, b in zip(*first, strict=True)]] * 2
+        update = [torch.zeros_like(p) for p in params]
+        for (x, y), g in zip(halves, first, strict=True):
+            norm = torch.linalg.vector_norm(torch.stack([t.norm() for t in g]))
+            saved = [p.detach().clone() for p in params]
+            with torch.no_grad():
+                for p, t in zip(params, g, strict=True):
+                    p.add_(t * (rho / (norm + 1e-12)))
+            for u, t in zip(update, grads(x, y), strict=True):
+                u.add_(t / 2)
+            with torch.no_grad():
+                for p, s in zip(params, saved, strict=True):
+                    p.copy_(s)
+        for p, u in zip(params, update, strict=True):
+            p.grad = u
+        sgd.step()
+    return dict(model.named_parameters())
+
+
+@pytest.mark.ddp
+def test_ddp_local_perturbation_equals_independent_perturbations(
+    tmp_path: Path, trainer_kwargs: dict[str, Any]
+) -> None:
+    # SAM returned unbound from the module's configure_optimizers: it binds itself on each rank
+    sam = {"rho": 0.5, "perturbation": "local"}
+    runs = fit_ddp(tmp_path / "ddp", trainer_kwargs, [], sam=sam, bind=False)
+    expected = local_reference(STEPS, rho=0.5, local=True)
+    global_sam = local_reference(STEPS, rho=0.5, local=False)
+    assert max(float((expected[n] - global_sam[n]).abs().max()) for n in expected) > 1e-4
+    for rank, run in enumerate(runs):
+        for name, value in expected.items():
+            torch.testing.assert_close(
+                run["state"][name], value, atol=1e-5, rtol=1e-5, msg=f"rank {rank} {name}"
+            )
+        # the first backward stays on each rank: one all-reduce per step, as plain SGD
+        assert run["allreduces"] == [True] * STEPS
 
 
 @pytest.mark.parametrize("strategy", [FSDPStrategy, DeepSpeedStrategy])

@@ -30,8 +30,8 @@ def test_example_runs(name: str, architecture: str, tmp_path: Path) -> None:
             "false",
         ]
     )
-    (path,) = tmp_path.rglob("difficulty_scores.nc")
-    with xr.open_dataset(path, engine="h5netcdf") as ds:
+    (path,) = tmp_path.rglob("difficulty_scores.zarr")
+    with xr.open_zarr(path) as ds:
         assert ds.attrs["architecture"] == architecture
         assert ds.sizes["index"] == 1077  # the training split of the 1797 digits
         assert ds["epoch"].values.tolist() == [0]

@@ -221,7 +221,7 @@ def test_batchnorm_statistics_only_from_first_pass(momentum: float | None) -> No
 def test_without_closure_names_the_fix() -> None:
     w = nn.Parameter(torch.ones(2))
     opt = SAM([w], torch.optim.SGD)
-    with pytest.raises(RuntimeError, match="precision='bf16-mixed' or '32-true'"):
+    with pytest.raises(RuntimeError, match=r"call optimizer.step\(closure\).*both_passes"):
         opt.step()
 
 
@@ -241,6 +241,9 @@ def test_norm_only_without_bind_or_norm_layers() -> None:
         ({"rho": -1.0}, ValueError, "rho must be >= 0"),
         ({"eta": -0.1}, ValueError, "eta must be >= 0"),
         ({"eps": 0.0}, ValueError, "eps must be > 0"),
+        ({"perturbation": "ranks"}, ValueError, "perturbation must be 'global' or 'local'"),
+        ({"every_n_steps": 0}, ValueError, "every_n_steps must be an integer >= 1"),
+        ({"every_n_steps": 1.5}, ValueError, "every_n_steps must be an integer >= 1"),
     ],
 )
 def test_bad_arguments(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
@@ -292,3 +295,44 @@ def test_add_param_group_reaches_base() -> None:
     opt.add_param_group({"params": [extra], "lr": 0.5})
     assert opt.base_optimizer.param_groups[-1]["rho"] == 0.3
     assert opt.param_groups[-1]["params"][0] is extra
+
+
+def test_every_n_steps_alternates_sam_and_plain_steps(problem: tuple[Tensor, Tensor]) -> None:
+    w0, x = problem
+    w = nn.Parameter(w0.clone())
+    opt = SAM(
+        [w], functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9), rho=0.3, every_n_steps=2
+    )
+    log: list[Any] = []
+    for _ in range(4):
+        opt.step(make_closure(opt, w, x, log))
+    # steps 0 and 2 are SAM steps (two passes), steps 1 and 3 plain (one pass)
+    assert [flag for _, flag in log] == [False, True, False, False, True, False]
+    w_ref = nn.Parameter(w0.clone())
+    sgd = torch.optim.SGD([w_ref], lr=0.1, momentum=0.9)
+    for step in range(4):
+        g = grad_at(w_ref, x)
+        if step % 2 == 0:
+            g = grad_at(w_ref.detach() + 0.3 * g / g.norm(), x)
+        w_ref.grad = g
+        sgd.step()
+    torch.testing.assert_close(w.detach(), w_ref.detach())
+
+
+def test_every_n_steps_count_survives_state_dict(problem: tuple[Tensor, Tensor]) -> None:
+    w0, x = problem
+    make = functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9)
+    w = nn.Parameter(w0.clone())
+    opt = SAM([w], make, rho=0.3, every_n_steps=2)
+    opt.step(make_closure(opt, w, x))
+    state = copy.deepcopy(opt.state_dict())
+    assert state["sam_steps_taken"] == 1
+    w2 = nn.Parameter(w.detach().clone())
+    opt2 = SAM([w2], make, rho=0.3, every_n_steps=2)
+    opt2.load_state_dict(state)
+    log: list[Any] = []
+    for _ in range(3):
+        opt.step(make_closure(opt, w, x))
+        opt2.step(make_closure(opt2, w2, x, log))
+    assert [flag for _, flag in log] == [False, False, True, False]  # plain, SAM, plain
+    torch.testing.assert_close(w2.detach(), w.detach())

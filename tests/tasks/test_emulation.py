@@ -78,19 +78,19 @@ def test_test_metrics_are_physical_and_per_climate_model(
     assert len(results) == 2
     names = ["ssp245_NorESM2-LM", "ssp245_MPI-ESM1-2-HR"]
     for result, name in zip(results, names, strict=True):
-        assert set(result) == {f"test_{name}_loss", f"test_{name}_RMSE_tas", f"test_{name}_RMSE_pr"}
+        assert set(result) == {f"test_{name}_loss", f"test_{name}_LatRMSE_tas", f"test_{name}_LatRMSE_pr"}
     predictions = trainer.predict(task, datamodule=dm, ckpt_path=checkpoint)
     for name, result, batches in zip(names, results, predictions, strict=True):
         pred = torch.cat([b["pred"] for b in batches]).numpy()
         index = torch.cat([b["index"] for b in batches]).tolist()
         target = np.stack([dm.predict_dataset[name][i]["y"].numpy() for i in index])
         for channel, var in enumerate(["tas", "pr"]):
-            expected = lat_rmse(pred[:, :, channel], target[:, :, channel], dm.latitudes)
-            assert result[f"test_{name}_RMSE_{var}"] == pytest.approx(expected, rel=1e-4)
+            expected = lat_rmse(pred[:, :, channel], target[:, :, channel], dm.latitudes.numpy())
+            assert result[f"test_{name}_LatRMSE_{var}"] == pytest.approx(expected, rel=1e-4)
     # Physical units: a tas error in kelvin is far larger than a pr error in kg m-2 s-1.
     assert (
-        results[0]["test_ssp245_NorESM2-LM_RMSE_tas"]
-        > 1e3 * results[0]["test_ssp245_NorESM2-LM_RMSE_pr"]
+        results[0]["test_ssp245_NorESM2-LM_LatRMSE_tas"]
+        > 1e3 * results[0]["test_ssp245_NorESM2-LM_LatRMSE_pr"]
     )
 
 
@@ -143,8 +143,8 @@ def test_seq_to_one_trains_on_the_last_month(root: Path, trainer_kwargs: dict[st
     task = EmulationTask(UNet(4, 1, base_channels=2, depth=1), out_vars=["tas"], loss="mse")
     trainer = Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, **trainer_kwargs)
     trainer.fit(task, datamodule=dm)
-    assert torch.isfinite(trainer.callback_metrics["val_RMSE_tas"])
-    assert set(trainer.callback_metrics) >= {"train_loss", "val_loss", "train_RMSE_tas"}
+    assert torch.isfinite(trainer.callback_metrics["val_LatRMSE_tas"])
+    assert set(trainer.callback_metrics) >= {"train_loss", "val_loss", "train_LatRMSE_tas"}
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +187,7 @@ def test_example_configs_run(
     )
     (trainer,) = trainers
     metrics = trainer.callback_metrics
-    for key in ("train_loss", "val_loss", "val_RMSE_tas", "val_RMSE_pr"):
+    for key in ("train_loss", "val_loss", "val_LatRMSE_tas", "val_LatRMSE_pr"):
         assert torch.isfinite(metrics[key]) and metrics[key] > 0, key
     dm = trainer.datamodule
     assert isinstance(dm, ClimateSetDataModule) and dm.generate

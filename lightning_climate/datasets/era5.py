@@ -47,6 +47,7 @@ from lightning_climate.datasets.era5_sources import (
     find_era5_files,
     open_era5_source,
 )
+from lightning_climate.datasets.integrity import check_plausible
 from lightning_climate.layers.constraints import block_mean
 
 # generate_era5 is re-exported: it was importable from this module before it moved
@@ -559,6 +560,7 @@ class ERA5Dataset(Dataset[dict[str, Tensor]]):
                     f"time {self.times[t]}; fill or mask them first (e.g. xarray's fillna) or "
                     "choose a variable/region without missing values (sst is NaN over land)."
                 )
+            check_plausible(values, name, f"{self.files[f]} at {self.times[t]}")
             if self._flip:
                 values = values[..., ::-1, :]
             out.append(torch.from_numpy(values.copy()))

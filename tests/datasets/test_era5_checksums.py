@@ -13,6 +13,8 @@ import xarray as xr
 from lightning_climate.datasets.era5 import ERA5Dataset
 from lightning_climate.datasets.era5_generate import generate_era5
 
+DATA_YEAR = Path(__file__).parents[1] / "data" / "era5" / "generated_cds" / "era5_2000.nc"
+
 
 def _flip(path: Path, offset: int) -> None:
     with open(path, "r+b") as fh:
@@ -55,3 +57,21 @@ def test_zarr_checksum_failure_names_the_store(tmp_path: Path) -> None:
     assert np.isfinite(
         xr.open_dataset(store, engine="zarr", consolidated=False)["tcw"].values
     ).all()
+
+
+def test_implausible_values_name_file_variable_and_units(tmp_path: Path) -> None:
+    """Files without checksums: wrong units and flipped exponent bits are caught by range."""
+    src = xr.open_dataset(DATA_YEAR).load()
+    celsius = src.assign(t2m=src.t2m - 273.15)
+    celsius.to_netcdf(tmp_path / "celsius.nc")
+    with pytest.raises(
+        ValueError, match=r"celsius.nc at 2000-01-01.* 't2m' .* 150..350 K .*convert it to K"
+    ):
+        ERA5Dataset(tmp_path / "celsius.nc", ["t2m"])[0]
+    flipped = src.copy(deep=True)
+    flipped["z"][3, 1, 5, 7] = 1e30  # an exponent bit flipped in an unchecksummed file
+    flipped.to_netcdf(tmp_path / "flipped.nc")
+    ds = ERA5Dataset(tmp_path / "flipped.nc", ["z"], levels=[500])
+    assert torch.isfinite(ds[2]["hr"]).all()
+    with pytest.raises(ValueError, match=r"flipped.nc at 2000-03-31.*1 values of 'z'"):
+        ds[3]

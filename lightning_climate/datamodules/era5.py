@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -48,6 +49,11 @@ class ERA5DataModule(BaseDataModule):
         data_seed: seed of the generated fields.
         paths: deprecated name of ``root``.
         normalization: deprecated; only ``"none"`` is accepted (tasks normalise).
+        storage_options: fsspec options for Zarr URLs; ``None`` reads ``gs://`` and ``s3://``
+            anonymously (see :class:`~lightning_climate.datasets.ERA5Dataset`).
+
+    Raises:
+        ValueError: if a date range ends before it starts or two ranges overlap.
     """
 
     data_name = "ERA5 files"
@@ -70,6 +76,7 @@ class ERA5DataModule(BaseDataModule):
         data_seed: int = 0,
         paths: str | Sequence[str] | None = None,
         normalization: Literal["none"] | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         root = renamed_argument(type(self).__name__, "paths", paths, "root", root)
@@ -92,6 +99,8 @@ class ERA5DataModule(BaseDataModule):
         self.levels = None if levels is None else list(levels)
         self.factor = factor
         self.ranges = {"train": train_range, "val": val_range, "test": test_range}
+        _check_disjoint(self.ranges)
+        self.storage_options = storage_options
         self.patch_size = patch_size
         self.generate = generate
         self.generate_years = [int(y) for y in generate_years]
@@ -121,6 +130,7 @@ class ERA5DataModule(BaseDataModule):
             self.factor,
             None if time_range is None else (str(time_range[0]), str(time_range[1])),
             self.patch_size,
+            storage_options=self.storage_options,
         )
 
     def setup(self, stage: str) -> None:
@@ -163,3 +173,25 @@ class ERA5DataModule(BaseDataModule):
             return None
         c = (len(self.channels),)
         return {"hr_min": c, "hr_max": c, "hr_mean": c, "hr_std": c}
+
+
+def _check_disjoint(ranges: dict[str, tuple[str, str] | None]) -> None:
+    """Inclusive date ranges must be ordered and must not share a time (no leakage)."""
+    bounds = {}
+    for split, span in ranges.items():
+        if span is None:
+            continue
+        start, end = (np.datetime64(str(t), "s") for t in span)
+        if end < start:
+            raise ValueError(f"{split}_range {span} ends before it starts; give [start, end].")
+        bounds[split] = (start, end, span)
+    names = list(bounds)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            (a0, a1, a_span), (b0, b1, b_span) = bounds[a], bounds[b]
+            if a0 <= b1 and b0 <= a1:
+                raise ValueError(
+                    f"{a}_range {a_span} and {b}_range {b_span} overlap (both include "
+                    f"{max(a0, b0)}); make the splits disjoint, e.g. end {a}_range before "
+                    f"{b}_range starts."
+                )

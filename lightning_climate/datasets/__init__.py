@@ -7,7 +7,8 @@ from lightning_climate.datasets.causal_synthetic import (
 )
 from lightning_climate.datasets.climateset import ClimateSet
 from lightning_climate.datasets.climateset_generate import generate_climateset
-from lightning_climate.datasets.era5 import ERA5Dataset, FieldNormalizer, generate_era5
+from lightning_climate.datasets.era5 import ERA5Dataset, FieldNormalizer
+from lightning_climate.datasets.era5_generate import generate_era5
 from lightning_climate.datasets.images import ImageClassificationDataset
 from lightning_climate.datasets.navier_stokes import NavierStokesTrajectories
 from lightning_climate.datasets.navier_stokes_generate import (

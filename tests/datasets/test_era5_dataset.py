@@ -8,7 +8,8 @@ import pytest
 import torch
 import xarray as xr
 
-from lightning_climate.datasets.era5 import ERA5Dataset, FieldNormalizer, generate_era5
+from lightning_climate.datasets.era5 import ERA5Dataset, FieldNormalizer
+from lightning_climate.datasets.era5_generate import generate_era5
 
 DATA = Path(__file__).parents[1] / "data" / "era5"
 SAMPLE = DATA / "era5_sample.nc"
@@ -162,7 +163,7 @@ def test_zarr_store_reads_like_netcdf(tmp_path: Path) -> None:
 
 
 def test_generator_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from lightning_climate.datasets.era5 import _cli
+    from lightning_climate.datasets.era5_generate import _cli
 
     _cli(["--out", str(tmp_path), "--years", "1999", "--hours", "720", "--naming", "cfgrib"])
     assert capsys.readouterr().out.strip() == str(tmp_path / "era5_1999.nc")

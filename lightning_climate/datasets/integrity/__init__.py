@@ -47,7 +47,7 @@ class PlausibleRange:
     why: str
 
 
-#: Variable name -> bounds of monthly mean values (units of the ClimateSet files).
+#: Variable name -> bounds: ClimateSet monthly means and ERA5 hourly values, in their files' units.
 PLAUSIBLE_RANGES: dict[str, PlausibleRange] = {
     "tas": PlausibleRange(
         150.0, 350.0, "K", "near-surface air temperature; Earth's records are 184 K and 330 K"
@@ -76,6 +76,26 @@ PLAUSIBLE_RANGES: dict[str, PlausibleRange] = {
         )
         for name in ("BC_sum", "CH4_sum", "SO2_sum")
     },
+    # ERA5 short names (hourly values as the CDS, ARCO-ERA5 and WeatherBench 2 store them)
+    **{
+        name: PlausibleRange(150.0, 350.0, "K", "temperature; Earth's records are 184 K and 330 K")
+        for name in ("t2m", "d2m", "skt", "t")
+    },
+    "z": PlausibleRange(
+        -1e4, 5e5, "m2 s-2", "geopotential of the 1000 to 1 hPa surfaces: about -5e3 to 4.8e5"
+    ),
+    **{
+        name: PlausibleRange(-200.0, 200.0, "m s-1", "wind component; jet maxima are ~100 m/s")
+        for name in ("u", "v", "u10", "v10", "u100", "v100")
+    },
+    "msl": PlausibleRange(8e4, 1.1e5, "Pa", "sea-level pressure; records are 870 and 1084 hPa"),
+    "sp": PlausibleRange(3e4, 1.1e5, "Pa", "surface pressure; about 330 hPa on Everest"),
+    **{
+        name: PlausibleRange(-1e-3, 200.0, "kg m-2", "column water, >= 0; maxima ~100 kg m-2")
+        for name in ("tcw", "tcwv")
+    },
+    "tp": PlausibleRange(-1e-6, 1.0, "m", "precipitation accumulated over hours, >= 0"),
+    "q": PlausibleRange(-1e-4, 0.05, "kg kg-1", "specific humidity (ERA5 holds tiny negatives)"),
 }
 
 

@@ -5,7 +5,7 @@
   data, see README.md for the attribution): ensemble members 0-4, all 4 times, both levels,
   packed to int16 with scale_factor/add_offset as in legacy CDS files.
 - ``generated_cds/era5_{2000,2001}.nc`` and ``generated_cfgrib/era5_2000.nc``: synthetic files
-  in the two ERA5 NetCDF layouts, written by ``lightning_climate.datasets.era5.generate_era5``.
+  in the two ERA5 NetCDF layouts, written by ``lightning_climate.datasets.era5_generate.generate_era5``.
 
 Usage: ``python tests/data/era5/data.py [path/to/era5-levels-members.nc]``.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from lightning_climate.datasets.era5 import generate_era5
+from lightning_climate.datasets.era5_generate import generate_era5
 from lightning_climate.utils import atomic_path
 
 HERE = Path(__file__).parent

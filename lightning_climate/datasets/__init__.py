@@ -7,7 +7,7 @@ from lightning_climate.datasets.causal_synthetic import (
 )
 from lightning_climate.datasets.climateset import ClimateSet
 from lightning_climate.datasets.climateset_generate import generate_climateset
-from lightning_climate.datasets.era5 import ERA5Dataset, FieldNormalizer
+from lightning_climate.datasets.era5 import ERA5Dataset
 from lightning_climate.datasets.era5_generate import generate_era5
 from lightning_climate.datasets.images import ImageClassificationDataset
 from lightning_climate.datasets.navier_stokes import NavierStokesTrajectories
@@ -32,7 +32,6 @@ __all__ = [
     "CausalSyntheticDataset",
     "ClimateSet",
     "ERA5Dataset",
-    "FieldNormalizer",
     "ImageClassificationDataset",
     "NavierStokesTrajectories",
     "OC20Data",

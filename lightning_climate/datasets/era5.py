@@ -19,7 +19,7 @@ position) per variable and valid time, so memory does not grow with the number o
 
 Samples are ``{"hr": float32 (C, H, W), "lr": float32 (C, H/N, W/N), "index": int64,
 "time": int64, "lat": float32 (H,)}``: ``hr`` is the field cropped to a multiple of the factor N
-(or a patch of it), normalised by the given :class:`FieldNormalizer`; ``lr`` is its NxN block mean,
+(or a patch of it) in physical units; ``lr`` is its NxN block mean,
 so the conservation constraint holds exactly in the data; ``time`` is the valid time in seconds
 since 1970-01-01; ``lat`` holds the latitudes (degrees) of the rows of ``hr``, for
 latitude-weighted metrics. Channels are the variables in the given order, pressure-level variables
@@ -32,11 +32,11 @@ import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import Dataset
 
 from lightning_climate.datasets.era5_generate import generate_era5
@@ -51,7 +51,7 @@ from lightning_climate.datasets.integrity import check_plausible
 from lightning_climate.layers.constraints import block_mean
 
 # generate_era5 is re-exported: it was importable from this module before it moved
-__all__ = ["ERA5Dataset", "FieldNormalizer", "generate_era5"]
+__all__ = ["ERA5Dataset", "generate_era5"]
 
 _TIME_NAMES = ("valid_time", "time")
 _STEP_NAME = "step"
@@ -165,74 +165,6 @@ def _check_latitudes(lat: np.ndarray, units: str | None, source: Source) -> None
         )
 
 
-class FieldNormalizer(nn.Module):
-    """Per-channel affine map ``(v - offset) / scale`` shared by high- and low-resolution fields.
-
-    One affine map for both keeps block means intact: the normalised ``lr`` is still the block
-    mean of the normalised ``hr``. The statistics are buffers, so they travel with checkpoints.
-
-    Args:
-        num_channels: number of channels.
-    """
-
-    offset: Tensor
-    scale: Tensor
-
-    def __init__(self, num_channels: int) -> None:
-        super().__init__()
-        self.register_buffer("offset", torch.zeros(num_channels))
-        self.register_buffer("scale", torch.ones(num_channels))
-
-    def forward(self, field: Tensor) -> Tensor:
-        """Normalise a (..., C, H, W) field."""
-        return (field - self.offset[:, None, None]) / self.scale[:, None, None]
-
-    def inverse(self, field: Tensor) -> Tensor:
-        """Map a normalised (..., C, H, W) field back to physical units."""
-        return field * self.scale[:, None, None] + self.offset[:, None, None]
-
-    @staticmethod
-    def statistics(dataset: ERA5Dataset) -> dict[str, Tensor]:
-        """Per-channel ``min``, ``max``, ``mean``, ``std`` of the raw high-resolution fields (one pass)."""
-        lo = hi = total = squares = None
-        count = 0
-        for i in range(dataset.num_fields):
-            flat = dataset.read_field(i).double().flatten(1)
-            mins, maxs = flat.min(1).values, flat.max(1).values
-            lo = mins if lo is None else torch.minimum(lo, mins)
-            hi = maxs if hi is None else torch.maximum(hi, maxs)
-            total = flat.sum(1) if total is None else total + flat.sum(1)
-            squares = (flat**2).sum(1) if squares is None else squares + (flat**2).sum(1)
-            count += flat.shape[1]
-        if lo is None or hi is None or total is None or squares is None:
-            raise ValueError("cannot compute statistics of an empty training split.")
-        mean = total / count
-        std = (squares / count - mean**2).clamp_min(0).sqrt()
-        return {"min": lo.float(), "max": hi.float(), "mean": mean.float(), "std": std.float()}
-
-    def set_from(
-        self, stats: dict[str, Tensor], kind: Literal["minmax", "zscore", "scale", "none"]
-    ) -> None:
-        """Choose the map from raw statistics of :meth:`statistics`.
-
-        ``"minmax"`` maps the training range to [0, 1] (Harder et al.); ``"zscore"`` to mean 0,
-        std 1; ``"scale"`` divides by the largest training magnitude, so 0 stays 0 and signs are
-        kept (the safe choice for the softmax constraint on non-negative quantities, whose test
-        values may fall below the training minimum); ``"none"`` is the identity.
-        """
-        zero, one = torch.zeros_like(stats["min"]), torch.ones_like(stats["min"])
-        if kind == "minmax":
-            offset, scale = stats["min"], stats["max"] - stats["min"]
-        elif kind == "zscore":
-            offset, scale = stats["mean"], stats["std"]
-        elif kind == "scale":
-            offset, scale = zero, torch.maximum(stats["min"].abs(), stats["max"].abs())
-        else:
-            offset, scale = zero, one
-        self.offset.copy_(offset)
-        self.scale.copy_(torch.where(scale > 0, scale, one))
-
-
 class ERA5Dataset(Dataset[dict[str, Tensor]]):
     """Low/high-resolution pairs built from ERA5 files by block-mean coarsening.
 
@@ -247,7 +179,6 @@ class ERA5Dataset(Dataset[dict[str, Tensor]]):
         time_range: inclusive ``(start, end)`` dates, e.g. ``("2017-01-01", "2017-01-01T12")``.
         patch_size: high-resolution patch size (a multiple of N); fields are tiled into
             non-overlapping patches. ``None`` uses the whole (cropped) field.
-        normalizer: affine map applied to ``hr`` before ``lr`` is pooled from it.
         storage_options: fsspec options for URLs; ``None`` reads ``gs://`` and ``s3://``
             anonymously (the public ARCO-ERA5 and WeatherBench 2 buckets).
 
@@ -268,7 +199,6 @@ class ERA5Dataset(Dataset[dict[str, Tensor]]):
         factor: int = 2,
         time_range: tuple[str, str] | None = None,
         patch_size: int | None = None,
-        normalizer: FieldNormalizer | None = None,
         storage_options: dict[str, Any] | None = None,
     ) -> None:
         if factor < 1:
@@ -283,7 +213,6 @@ class ERA5Dataset(Dataset[dict[str, Tensor]]):
         self.variables = [short_name(v) for v in variables]
         self.factor = factor
         self.patch_size = patch_size
-        self.normalizer = normalizer
         self.storage_options = storage_options
         self._handles: dict[int, OpenSource] = {}
         self._pid = os.getpid()  # the process the handles were opened in
@@ -580,8 +509,6 @@ class ERA5Dataset(Dataset[dict[str, Tensor]]):
             i, j = divmod(patch, self._patches[1])
             rows = slice(i * p, (i + 1) * p)
             hr = self.read_field(field, rows, slice(j * p, (j + 1) * p))
-        if self.normalizer is not None:
-            hr = self.normalizer(hr)
         lr = block_mean(hr, self.factor) if self.factor > 1 else hr.clone()
         t = field // self.members
         return {

@@ -8,7 +8,7 @@ import pytest
 import torch
 import xarray as xr
 
-from lightning_climate.datasets.era5 import ERA5Dataset, FieldNormalizer
+from lightning_climate.datasets.era5 import ERA5Dataset
 from lightning_climate.datasets.era5_generate import generate_era5
 
 DATA = Path(__file__).parents[1] / "data" / "era5"
@@ -98,30 +98,19 @@ def test_generator_is_seeded_and_idempotent(tmp_path: Path) -> None:
     assert (t.sel(pressure_level=500) < t.sel(pressure_level=850)).all()  # colder aloft
 
 
-def test_normalizer_minmax_and_zscore() -> None:
+def test_datamodule_statistics_equal_a_direct_pass_over_the_fields() -> None:
+    from lightning_climate.datamodules import ERA5DataModule
+
     ds = ERA5Dataset(DATA / "generated_cds", ["t2m", "tcw"], factor=2)
     stacked = torch.stack([ds.read_field(i) for i in range(ds.num_fields)]).double()
-    norm = FieldNormalizer(2)
-    stats = FieldNormalizer.statistics(ds)
-    torch.testing.assert_close(stats["max"], stacked.amax(dim=(0, 2, 3)).float())
-    norm.set_from(stats, "minmax")
-    out = norm(stacked.float())
-    torch.testing.assert_close(out.amin(dim=(0, 2, 3)), torch.zeros(2), atol=1e-6, rtol=0)
-    torch.testing.assert_close(out.amax(dim=(0, 2, 3)), torch.ones(2), atol=1e-6, rtol=0)
-    torch.testing.assert_close(norm.inverse(out), stacked.float())
-    norm.set_from(stats, "scale")
-    torch.testing.assert_close(norm(stacked.float()).abs().amax(dim=(0, 2, 3)), torch.ones(2))
-    assert torch.equal(norm.offset, torch.zeros(2))
-    norm.set_from(stats, "none")
-    assert torch.equal(norm(stacked.float()), stacked.float())
-    norm.set_from(stats, "zscore")
-    out = norm(stacked.float()).double()
-    torch.testing.assert_close(
-        out.mean(dim=(0, 2, 3)), torch.zeros(2, dtype=torch.float64), atol=1e-5, rtol=0
-    )
-    torch.testing.assert_close(
-        out.std(dim=(0, 2, 3), correction=0), torch.ones(2, dtype=torch.float64), atol=1e-5, rtol=0
-    )
+    dm = ERA5DataModule(DATA / "generated_cds", ["t2m", "tcw"], factor=2)
+    stats = dm.train_statistics()
+    assert dm.channels == ["t2m", "tcw"]
+    torch.testing.assert_close(stats["hr_max"], stacked.amax(dim=(0, 2, 3)))
+    torch.testing.assert_close(stats["hr_min"], stacked.amin(dim=(0, 2, 3)))
+    torch.testing.assert_close(stats["hr_mean"], stacked.mean(dim=(0, 2, 3)))
+    torch.testing.assert_close(stats["hr_std"], stacked.std(dim=(0, 2, 3), correction=0))
+    assert torch.equal(ds[0]["hr"], ds.read_field(0))  # samples are physical: no normalisation
 
 
 def test_errors(tmp_path: Path) -> None:

@@ -6,11 +6,12 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import matplotlib
 import pytest
 import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
 
 matplotlib.use("agg")
 
@@ -138,3 +139,72 @@ def oc20_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 #: the real ERA5 sample shipped with the tests (see tests/data/era5/README)
 ERA5_SAMPLE = Path(__file__).parent / "data" / "era5" / "era5_sample.nc"
+
+
+class RecordRun(Callback):
+    """Keeps what a CLI run logged, with its datamodule and module (added by ``run_cli``)."""
+
+    runs: ClassVar[list[dict[str, Any]]] = []
+
+    def _record(self, stage: str, trainer: Trainer, pl_module: LightningModule) -> None:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        RecordRun.runs.append(
+            {
+                "stage": stage,
+                "metrics": metrics,
+                "datamodule": trainer.datamodule,
+                "task": pl_module,
+            }
+        )
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._record("fit", trainer, pl_module)
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._record("test", trainer, pl_module)
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._record("predict", trainer, pl_module)
+
+
+#: ``run_cli(subcommand, config, *extra, root=None, tiny=True) -> record``
+RunCLI = Callable[..., dict[str, Any]]
+
+
+@pytest.fixture
+def run_cli(tmp_path: Path) -> RunCLI:
+    """Run ``lightning-climate <subcommand> --config <config>`` quietly in ``tmp_path``.
+
+    The one harness of every CLI test: ``root`` sets ``data.init_args.root``; ``tiny`` limits
+    every stage to two batches. Returns what :class:`RecordRun` kept (``metrics``, ``datamodule``,
+    ``task``) for fit, test and predict runs, or ``{}``.
+    """
+    from lightning_climate.main import main
+
+    def run(
+        subcommand: str, config: Path, *extra: str, root: str | None = None, tiny: bool = True
+    ) -> dict[str, Any]:
+        args = [subcommand, "--config", str(config)]
+        if root is not None:
+            args += ["--data.init_args.root", str(root)]
+        args += [
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.enable_model_summary",
+            "false",
+            "--trainer.callbacks+=conftest.RecordRun",
+        ]
+        if tiny:
+            for stage in ("train", "val", "test", "predict"):
+                args += [f"--trainer.limit_{stage}_batches", "2"]
+        RecordRun.runs.clear()
+        main([*args, *extra])
+        return RecordRun.runs[-1] if RecordRun.runs else {}
+
+    return run

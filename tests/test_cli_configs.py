@@ -10,37 +10,17 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, ClassVar
 
 import pytest
 import torch
-from conftest import ERA5_SAMPLE
-from lightning.pytorch import Callback, LightningModule, Trainer
+from conftest import ERA5_SAMPLE, RunCLI
+from lightning.pytorch import LightningModule
 
 from lightning_climate.datamodules import BaseDataModule
-from lightning_climate.main import main
 
 CONF = Path(__file__).parent / "conf"
 STAGES = ("train", "val", "test")
 NAME = re.compile(r"^(train|val|test)_(?!(train|val|test)_)\S+$")
-
-
-class RecordRun(Callback):
-    """Keeps what each CLI run logged, with its datamodule and module (added by the test)."""
-
-    runs: ClassVar[list[dict[str, Any]]] = []
-
-    def _record(self, stage: str, trainer: Trainer, pl_module: LightningModule) -> None:
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        RecordRun.runs.append(
-            {"stage": stage, "metrics": metrics, "datamodule": trainer.datamodule, "task": pl_module}
-        )
-
-    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._record("fit", trainer, pl_module)
-
-    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._record("test", trainer, pl_module)
 
 
 @pytest.fixture
@@ -53,38 +33,9 @@ def data_roots(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]
         "cdsd": lambda: tmp_path / "causal",
         "oc20": lambda: request.getfixturevalue("oc20_root"),
     }
-    return {prefix: str(make()) for prefix, make in lazy.items() if request.node.name.find(prefix) >= 0}
-
-
-def cli_run(subcommand: str, config: Path, root: str | None, tmp_path: Path, *extra: str) -> dict:
-    """Run ``lightning-climate <subcommand>`` on a small config; returns what RecordRun kept."""
-    args = [subcommand, "--config", str(config)]
-    if root is not None:
-        args += ["--data.init_args.root", root]
-    args += [
-        "--trainer.default_root_dir",
-        str(tmp_path),
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.logger",
-        "false",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--trainer.enable_model_summary",
-        "false",
-        "--trainer.limit_train_batches",
-        "2",
-        "--trainer.limit_val_batches",
-        "2",
-        "--trainer.limit_test_batches",
-        "2",
-        "--trainer.callbacks+=test_cli_configs.RecordRun",
-        *extra,
-    ]
-    RecordRun.runs.clear()
-    main(args)
-    (run,) = RecordRun.runs
-    return run
+    return {
+        prefix: str(make()) for prefix, make in lazy.items() if request.node.name.find(prefix) >= 0
+    }
 
 
 def check_names(metrics: dict[str, float], stages: tuple[str, ...]) -> None:
@@ -101,7 +52,7 @@ def check_datamodule_contract(dm: BaseDataModule, task: LightningModule) -> None
     assert dm.latitudes is None or isinstance(dm.latitudes, torch.Tensor)
     stats = dm.train_statistics()
     batch = next(iter(dm.train_dataloader()))
-    keys = set(batch.keys()) if isinstance(batch, dict) else set(batch.keys())
+    keys = set(batch.keys())
     for name in stats:
         key, statistic = name.rsplit("_", 1)
         assert key in keys and statistic in ("mean", "std", "min", "max"), name
@@ -126,18 +77,18 @@ CONFIGS = sorted(p.name for p in CONF.glob("*.yaml"))
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_config_fits_and_tests_under_one_contract(
-    config: str, data_roots: dict[str, str], tmp_path: Path
+    config: str, data_roots: dict[str, str], tmp_path: Path, run_cli: RunCLI
 ) -> None:
     torch.manual_seed(0)
     root = next(iter(data_roots.values()), None)
-    fit = cli_run("fit", CONF / config, root, tmp_path)
+    fit = run_cli("fit", CONF / config, root=root)
     check_names(fit["metrics"], ("train", "val"))
     check_datamodule_contract(fit["datamodule"], fit["task"])
     (ckpt,) = tmp_path.rglob("*.ckpt")
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     (dm_state,) = [v for k, v in state.items() if k.endswith("DataModule")]
     assert set(dm_state["train_statistics"]) == set(fit["datamodule"].train_statistics())
-    test = cli_run("test", CONF / config, root, tmp_path, "--ckpt_path", str(ckpt))
+    test = run_cli("test", CONF / config, "--ckpt_path", str(ckpt), root=root)
     check_names(test["metrics"], ("test",))
     for normalizer, loaded in zip(
         fit["task"].normalizers.values(), test["task"].normalizers.values(), strict=True
@@ -155,15 +106,17 @@ def test_soft_constraint_loss_is_the_weighted_sum(navier_stokes_file: Path) -> N
     fit = torch.nn.functional.mse_loss(pred, target)
     penalty = torch.nn.functional.mse_loss(torch.nn.functional.avg_pool2d(pred, 2), lowres)
     torch.testing.assert_close(task._loss(pred, target, lowres), 0.7 * fit + 0.3 * penalty)
-    torch.testing.assert_close(soft_constraint_loss(pred, target, lowres, 0.3), 0.7 * fit + 0.3 * penalty)
+    torch.testing.assert_close(
+        soft_constraint_loss(pred, target, lowres, 0.3), 0.7 * fit + 0.3 * penalty
+    )
     with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
         DownscalingTask(SRCNN(), loss="soft_constraint", alpha=1.5)
 
 
-def test_ordering_constraint_from_yaml_orders_every_prediction(tmp_path: Path) -> None:
+def test_ordering_constraint_from_yaml_orders_every_prediction(run_cli: RunCLI) -> None:
     from lightning_climate.datamodules import ERA5DataModule
 
-    fit = cli_run("fit", CONF / "era5_ordering.yaml", str(ERA5_SAMPLE), tmp_path)
+    fit = run_cli("fit", CONF / "era5_ordering.yaml", root=str(ERA5_SAMPLE))
     dm, task = fit["datamodule"], fit["task"]
     assert isinstance(dm, ERA5DataModule) and dm.channels == ["t850", "t500"]
     batch = next(iter(dm.val_dataloader()))

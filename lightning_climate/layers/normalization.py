@@ -150,11 +150,30 @@ class Normalizer(nn.Module):
 
     def forward(self, x: Tensor, group: Tensor | None = None) -> Tensor:
         """Normalise ``x``; ``group`` holds each sample's group id when ``grouped``."""
-        return (x - self._align(self.shift, x, group)) / self._align(self.scale, x, group)
+        try:
+            return (x - self._align(self.shift, x, group)) / self._align(self.scale, x, group)
+        except RuntimeError as err:
+            raise self._shape_error(x) from err
 
     def inverse(self, y: Tensor, group: Tensor | None = None) -> Tensor:
         """Map normalised ``y`` back to physical units."""
-        return y * self._align(self.scale, y, group) + self._align(self.shift, y, group)
+        try:
+            return y * self._align(self.scale, y, group) + self._align(self.shift, y, group)
+        except RuntimeError as err:
+            raise self._shape_error(y) from err
+
+    def _shape_error(self, x: Tensor) -> ValueError:
+        hint = (
+            " If the statistics have one row per group (e.g. per climate model), build the "
+            "normaliser with grouped=True (CausalDiscoveryTask(group_key='model_id'))."
+            if not self.grouped
+            else ""
+        )
+        return ValueError(
+            f"Normalizer({self.key!r}): statistics of shape {tuple(self.shift.shape)} and "
+            f"{tuple(self.scale.shape)} do not fit the input of shape {tuple(x.shape)} with "
+            f"channel_dim={self.channel_dim}.{hint}"
+        )
 
     def extra_repr(self) -> str:
         """Key, method and statistics shape, for ``print(task)``."""

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch_geometric.data import Data
 from torchmetrics import MetricCollection
@@ -79,6 +80,12 @@ class CatalystTask(BaseTask):
             raise ValueError(
                 f"pool_loss_weight must be >= 0 (0 trains the pooling head without its "
                 f"regulariser), got {pool_loss_weight}."
+            )
+        if task == "is2re" and getattr(model, "force_head", "none") != "none":
+            rank_zero_warn(
+                "IS2RE predicts no forces, but the model has a force head, which costs compute "
+                "(and needs inference_mode=False for gradient heads); build it with "
+                "force_head='none'."
             )
         super().__init__(model, optimizer=optimizer, lr_scheduler=lr_scheduler)
         self.task = task

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 import xarray as xr
-
-from lightning_climate.main import main
+from conftest import RunCLI
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -16,20 +15,8 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
     ("name", "architecture"),
     [("difficulty_digits_mlp.yaml", "ReLUMLP"), ("difficulty_digits_cnn.yaml", "ReLUCNN")],
 )
-def test_example_runs(name: str, architecture: str, tmp_path: Path) -> None:
-    main(
-        [
-            "fit",
-            "--config",
-            str(EXAMPLES / name),
-            "--trainer.fast_dev_run",
-            "1",
-            "--trainer.default_root_dir",
-            str(tmp_path),
-            "--trainer.enable_progress_bar",
-            "false",
-        ]
-    )
+def test_example_runs(name: str, architecture: str, tmp_path: Path, run_cli: RunCLI) -> None:
+    run_cli("fit", EXAMPLES / name, "--trainer.fast_dev_run", "1", tiny=False)
     (path,) = tmp_path.rglob("difficulty_scores.zarr")
     with xr.open_zarr(path) as ds:
         assert ds.attrs["architecture"] == architecture

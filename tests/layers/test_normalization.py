@@ -73,14 +73,18 @@ def test_errors_name_the_statistic_and_the_fix() -> None:
     norm = Normalizer("hr", "minmax")
     with pytest.raises(KeyError, match=r"\['hr_min', 'hr_max'\].*provides \['y_mean'\]"):
         norm.fit({"y_mean": torch.zeros(1)})
-    with pytest.raises(ValueError, match="not finite.*NaN or Inf"):
+    with pytest.raises(ValueError, match=r"not finite.*NaN or Inf"):
         Normalizer("x").fit({"x_mean": torch.tensor([float("nan")]), "x_std": torch.ones(1)})
-    with pytest.raises(ValueError, match="not positive.*minmax"):
+    with pytest.raises(ValueError, match=r"not positive.*minmax"):
         Normalizer("x").fit({"x_mean": torch.zeros(1), "x_std": torch.zeros(1)})
     with pytest.raises(ValueError, match="pass the batch's group ids"):
         grouped = Normalizer("y", grouped=True)
         grouped.fit({"y_mean": torch.zeros(2, 1), "y_std": torch.ones(2, 1)})
         grouped(torch.zeros(2, 1))
+    per_model = Normalizer("y", channel_dim=2)
+    per_model.fit({"y_mean": torch.zeros(2, 3), "y_std": torch.ones(2, 3)})
+    with pytest.raises(ValueError, match=r"shape \(2, 3\).*grouped=True"):
+        per_model(torch.zeros(4, 12, 3, 5, 6))
     with pytest.raises(ValueError, match="share_channels needs method='minmax'"):
         Normalizer("x", share_channels=True)
     with pytest.raises(ValueError, match="eps must be finite"):

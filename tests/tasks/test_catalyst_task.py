@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import RunCLI
 from lightning.pytorch import Trainer
 from torch import nn
 from torch.utils.data import DataLoader
@@ -17,7 +18,6 @@ from torch_geometric.loader.dataloader import Collater
 from lightning_climate.datamodules import OC20DataModule
 from lightning_climate.datasets import generate_oc20
 from lightning_climate.datasets.oc20 import entry_to_data, read_npz_batch
-from lightning_climate.main import main
 from lightning_climate.models import CatalystModel, PhysEmbedding
 from lightning_climate.models.pooling import PoolingEnergyHead
 from lightning_climate.tasks import CatalystTask
@@ -299,38 +299,22 @@ def _is_phast_weighted_final(model: CatalystModel) -> bool:
 )
 def test_examples_run(
     root: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    run_cli: RunCLI,
     name: str,
     task_kind: str,
     check: Callable[[CatalystModel], bool],
 ) -> None:
-    seen: list[tuple[CatalystTask, float]] = []
-
-    def record(self: CatalystTask) -> None:
-        seen.append((self, float(self.trainer.callback_metrics["train_loss"])))
-
-    monkeypatch.setattr(CatalystTask, "on_train_end", record, raising=False)
-    main(
-        [
-            "fit",
-            "--config",
-            str(EXAMPLES / f"{name}.yaml"),
-            "--trainer.fast_dev_run",
-            "1",
-            "--trainer.default_root_dir",
-            str(tmp_path),
-            "--trainer.logger",
-            "false",
-            "--trainer.enable_progress_bar",
-            "false",
-            "--data.init_args.root",
-            str(root),
-            "--model.init_args.model.init_args.hidden_channels",
-            "16",
-        ]
+    run = run_cli(
+        "fit",
+        EXAMPLES / f"{name}.yaml",
+        "--trainer.fast_dev_run",
+        "1",
+        "--model.init_args.model.init_args.hidden_channels",
+        "16",
+        root=str(root),
+        tiny=False,
     )
-    ((task, loss),) = seen
+    task, loss = run["task"], run["metrics"]["train_loss"]
     assert task.hparams["task"] == task_kind
     assert isinstance(task.model, CatalystModel) and check(task.model)
     # the energy statistics come from the generated training split, not OC20's constants

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import RunCLI
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset
@@ -20,7 +21,6 @@ from lightning_climate.datamodules import (
 )
 from lightning_climate.datamodules.causal_synthetic import blocked_window_starts
 from lightning_climate.datasets.causal_synthetic import read_causal_synthetic
-from lightning_climate.main import main
 from lightning_climate.metrics.graph import edge_counts, match_latents, permute_graph
 from lightning_climate.models import CDSD
 from lightning_climate.tasks import CausalDiscoveryTask
@@ -259,51 +259,36 @@ def test_lagrangian_state_and_data_stats_travel_with_checkpoints(
     assert restored.seen
 
 
-def test_example_config_runs_through_the_cli(tmp_path: Path) -> None:
-    main(
-        [
-            "fit",
-            "--config",
-            str(EXAMPLES / "cdsd_synthetic.yaml"),
-            "--trainer.fast_dev_run",
-            "1",
-            "--trainer.default_root_dir",
-            str(tmp_path),
-            "--trainer.logger",
-            "false",
-            "--trainer.enable_progress_bar",
-            "false",
-            "--data.init_args.root",
-            str(tmp_path / "data"),
-        ]
+def test_example_config_runs_through_the_cli(tmp_path: Path, run_cli: RunCLI) -> None:
+    run = run_cli(
+        "fit",
+        EXAMPLES / "cdsd_synthetic.yaml",
+        "--trainer.fast_dev_run",
+        "1",
+        root=str(tmp_path / "data"),
+        tiny=False,
     )
     assert (tmp_path / "data" / "causal_synthetic.npz").is_file()
+    assert {"train_loss", "train_ortho_residual", "val_loss", "val_SHD"} <= set(run["metrics"])
 
 
-def test_climateset_example_config_runs_through_the_cli(tmp_path: Path) -> None:
+def test_climateset_example_config_runs_through_the_cli(tmp_path: Path, run_cli: RunCLI) -> None:
     root = tmp_path / "climateset"
-    main(
-        [
-            "fit",
-            "--config",
-            str(EXAMPLES / "cdsd_climateset.yaml"),
-            "--trainer.fast_dev_run",
-            "1",
-            "--trainer.default_root_dir",
-            str(tmp_path),
-            "--trainer.enable_progress_bar",
-            "false",
-            "--data.init_args.root",
-            str(root),
-            "--data.init_args.generate_grid_shape",
-            "[8, 12]",
-            "--data.init_args.train_years",
-            "[2015, 2024]",
-            "--data.init_args.test_years",
-            "[2015, 2016]",
-            "--model.init_args.model.init_args.num_locations",
-            "96",
-        ]
+    run_cli(
+        "fit",
+        EXAMPLES / "cdsd_climateset.yaml",
+        "--trainer.fast_dev_run",
+        "1",
+        "--data.init_args.generate_grid_shape",
+        "[8, 12]",
+        "--data.init_args.train_years",
+        "[2015, 2024]",
+        "--data.init_args.test_years",
+        "[2015, 2016]",
+        "--model.init_args.model.init_args.num_locations",
+        "96",
+        root=str(root),
+        tiny=False,
     )
     # outputs/CMIP6/<model>/<member>/<scenario>/<variable>/250_km/mon/<year>/<file>.nc
     written = {(p.parts[-6], p.parts[-5]) for p in (root / "outputs").rglob("*.nc")}

@@ -5,11 +5,11 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import RunCLI
 from lightning.pytorch import Trainer
 
 from lightning_climate.callbacks import DownscalingReport
 from lightning_climate.datamodules import ERA5DataModule, NavierStokesDataModule
-from lightning_climate.main import main
 from lightning_climate.models import DFNO, SRCNN, Interpolation
 from lightning_climate.tasks import DownscalingTask
 
@@ -30,25 +30,15 @@ TINY_SRCNN = [
 ]
 
 
-def cli_args(config: str, navier_stokes_file: Path, tmp_path: Path) -> list[str]:
-    return [
-        "--config",
-        str(EXAMPLES / config),
-        "--data.init_args.path",
-        str(navier_stokes_file),
-        "--data.init_args.resolution",
-        "16",
-        "--data.init_args.val_fraction",
-        "0.25",
-        "--data.init_args.test_fraction",
-        "0.25",
-        "--trainer.default_root_dir",
-        str(tmp_path),
-        "--trainer.enable_progress_bar",
-        "false",
-        "--trainer.enable_model_summary",
-        "false",
-    ]
+#: the examples on the small shared Navier–Stokes file
+NS_ARGS = [
+    "--data.init_args.resolution",
+    "16",
+    "--data.init_args.val_fraction",
+    "0.25",
+    "--data.init_args.test_fraction",
+    "0.25",
+]
 
 
 @pytest.mark.parametrize(
@@ -61,17 +51,20 @@ def test_examples_fit_test_predict(
     navier_stokes_file: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
+    run_cli: RunCLI,
 ) -> None:
-    args = cli_args(config, navier_stokes_file, tmp_path) + tiny
-    main(["fit", *args, "--trainer.max_epochs", "1", "--trainer.logger", "false"])
+    args = [*NS_ARGS, *tiny]
+    config_path, root = EXAMPLES / config, str(navier_stokes_file)
+    run_cli("fit", config_path, *args, "--trainer.max_epochs", "1", root=root, tiny=False)
     out = capsys.readouterr().out
     assert "bicubic rel. L2" in out and "x4" in out
     figure = tmp_path / "downscaling_report.png"
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ckpts = list(tmp_path.rglob("*.ckpt"))
     assert len(ckpts) == 1
-    main(["test", *args, "--ckpt_path", str(ckpts[0]), "--trainer.logger", "false"])
-    main(["predict", *args, "--ckpt_path", str(ckpts[0]), "--trainer.logger", "false"])
+    test = run_cli("test", config_path, *args, "--ckpt_path", str(ckpts[0]), root=root, tiny=False)
+    assert {"test_x1_MSE", "test_x4_MSE", "test_x4_loss"} <= set(test["metrics"])
+    run_cli("predict", config_path, *args, "--ckpt_path", str(ckpts[0]), root=root, tiny=False)
 
 
 def test_python_m_entry_point() -> None:
@@ -189,23 +182,24 @@ def test_bad_arguments_and_shapes() -> None:
 
 
 @pytest.mark.ddp
-def test_ddp_two_processes_train_the_example(navier_stokes_file: Path, tmp_path: Path) -> None:
-    args = cli_args("navier_stokes_dfno.yaml", navier_stokes_file, tmp_path) + TINY_DFNO
-    main(
-        [
-            "fit",
-            *args,
-            "--trainer.max_steps",
-            "3",
-            "--trainer.devices",
-            "2",
-            "--trainer.strategy",
-            "ddp_spawn",
-            "--trainer.logger",
-            "false",
-            "--trainer.limit_val_batches",
-            "1",
-        ]
+def test_ddp_two_processes_train_the_example(
+    navier_stokes_file: Path, tmp_path: Path, run_cli: RunCLI
+) -> None:
+    run_cli(
+        "fit",
+        EXAMPLES / "navier_stokes_dfno.yaml",
+        *NS_ARGS,
+        *TINY_DFNO,
+        "--trainer.max_steps",
+        "3",
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp_spawn",
+        "--trainer.limit_val_batches",
+        "1",
+        root=str(navier_stokes_file),
+        tiny=False,
     )
     ckpt = next(tmp_path.rglob("*.ckpt"))
     state = torch.load(ckpt, map_location="cpu", weights_only=True)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import CLIMATESET_GRID, CLIMATESET_MODELS
+from conftest import CLIMATESET_GRID, CLIMATESET_MODELS, RunCLI
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -78,7 +79,11 @@ def test_test_metrics_are_physical_and_per_climate_model(
     assert len(results) == 2
     names = ["ssp245_NorESM2-LM", "ssp245_MPI-ESM1-2-HR"]
     for result, name in zip(results, names, strict=True):
-        assert set(result) == {f"test_{name}_loss", f"test_{name}_LatRMSE_tas", f"test_{name}_LatRMSE_pr"}
+        assert set(result) == {
+            f"test_{name}_loss",
+            f"test_{name}_LatRMSE_tas",
+            f"test_{name}_LatRMSE_pr",
+        }
     predictions = trainer.predict(task, datamodule=dm, ckpt_path=checkpoint)
     for name, result, batches in zip(names, results, predictions, strict=True):
         pred = torch.cat([b["pred"] for b in batches]).numpy()
@@ -153,43 +158,23 @@ def example_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("config", sorted(EXAMPLES.glob("climateset_*.yaml")), ids=lambda p: p.stem)
-def test_example_configs_run(
-    config: Path, example_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    trainers: list[Trainer] = []
-    fit = Trainer.fit
-
-    def spy(self: Trainer, *args: Any, **kwargs: Any) -> None:
-        trainers.append(self)
-        fit(self, *args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "fit", spy)
-    main(
-        [
-            "fit",
-            "--config",
-            str(config),
-            "--trainer.fast_dev_run",
-            "1",
-            "--trainer.default_root_dir",
-            str(tmp_path),
-            "--trainer.enable_progress_bar",
-            "false",
-            "--trainer.enable_model_summary",
-            "false",
-            "--data.init_args.root",
-            str(example_root),
-            "--data.init_args.train_years",
-            "[2015, 2017]",
-            "--data.init_args.test_years",
-            "[2015, 2015]",
-        ]
+def test_example_configs_run(config: Path, example_root: Path, run_cli: RunCLI) -> None:
+    run = run_cli(
+        "fit",
+        config,
+        "--trainer.fast_dev_run",
+        "1",
+        "--data.init_args.train_years",
+        "[2015, 2017]",
+        "--data.init_args.test_years",
+        "[2015, 2015]",
+        root=str(example_root),
+        tiny=False,
     )
-    (trainer,) = trainers
-    metrics = trainer.callback_metrics
+    metrics = run["metrics"]
     for key in ("train_loss", "val_loss", "val_LatRMSE_tas", "val_LatRMSE_pr"):
-        assert torch.isfinite(metrics[key]) and metrics[key] > 0, key
-    dm = trainer.datamodule
+        assert math.isfinite(metrics[key]) and metrics[key] > 0, key
+    dm = run["datamodule"]
     assert isinstance(dm, ClimateSetDataModule) and dm.generate
     channels = 5 if dm.cumulative_co2 else 4  # climateset_unet_cumco2 adds cumulative CO2
     assert dm.train_dataset[0]["x"].shape == (12, channels, 32, 48)  # the example's generated grid

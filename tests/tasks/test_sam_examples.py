@@ -5,34 +5,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from lightning_climate.main import main
+from conftest import RunCLI
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 DIGITS = ["digits_sgd.yaml", "digits_sam.yaml", "digits_samon.yaml", "digits_samon_vit.yaml"]
 
 
-def run_fit(config: Path, tmp_path: Path, *extra: str) -> None:
-    main(
-        [
-            "fit",
-            "--config",
-            str(config),
-            "--trainer.fast_dev_run",
-            "1",
-            "--trainer.default_root_dir",
-            str(tmp_path),
-            "--trainer.logger",
-            "false",
-            "--trainer.enable_progress_bar",
-            "false",
-            *extra,
-        ]
-    )
-
-
 @pytest.mark.parametrize("name", DIGITS)
-def test_digits_examples_run(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_digits_examples_run(name: str, monkeypatch: pytest.MonkeyPatch, run_cli: RunCLI) -> None:
     from lightning_climate.optim import SAM
 
     steps: list[int] = []
@@ -45,7 +25,7 @@ def test_digits_examples_run(name: str, tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(SAM, "step", counting_step)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        run_fit(EXAMPLES / name, tmp_path)
+        run_cli("fit", EXAMPLES / name, "--trainer.fast_dev_run", "1", tiny=False)
     # the examples give the model as a module (class_path: TimmModel), not a deprecated name
     assert not [w for w in caught if "is deprecated; pass a module" in str(w.message)]
     # the SGD baseline never builds SAM; every other example takes one SAM step
@@ -54,15 +34,17 @@ def test_digits_examples_run(name: str, tmp_path: Path, monkeypatch: pytest.Monk
 
 
 @pytest.mark.parametrize("variant", ["sgd", "sam", "samon"])
-def test_cifar_examples_run_on_generated_files(variant: str, tmp_path: Path) -> None:
+def test_cifar_examples_run_on_generated_files(
+    variant: str, tmp_path: Path, run_cli: RunCLI
+) -> None:
     from lightning_climate.datasets.cifar import write_cifar
 
     write_cifar(tmp_path / "data", 100, "python", n_train=300, n_test=20)
-    run_fit(
+    run_cli(
+        "fit",
         EXAMPLES / f"cifar100_wrn28_10_{variant}.yaml",
-        tmp_path,
-        "--data.init_args.root",
-        str(tmp_path / "data"),
+        "--trainer.fast_dev_run",
+        "1",
         "--data.init_args.batch_size",
         "4",
         "--data.init_args.val_fraction",
@@ -76,5 +58,7 @@ def test_cifar_examples_run_on_generated_files(variant: str, tmp_path: Path) -> 
         "10",
         "--model.init_args.model.init_args.widen_factor",
         "1",
+        root=str(tmp_path / "data"),
+        tiny=False,
     )
     assert (tmp_path / "data" / "cifar-100-python" / "train").is_file()

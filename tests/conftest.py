@@ -139,6 +139,10 @@ def oc20_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 #: the real ERA5 sample shipped with the tests (see tests/data/era5/README)
 ERA5_SAMPLE = Path(__file__).parent / "data" / "era5" / "era5_sample.nc"
+#: three real OC20 IS2RE systems shipped with the tests (see tests/data/oc20/README)
+OC20_SAMPLE = Path(__file__).parent / "data" / "oc20" / "is2re_bs3.npz"
+#: the example configs
+EXAMPLES = Path(__file__).parents[1] / "examples"
 
 
 class RecordRun(Callback):

@@ -8,6 +8,7 @@ import lmdb
 import numpy as np
 import pytest
 import torch
+from conftest import OC20_SAMPLE
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 
@@ -19,12 +20,10 @@ from lightning_climate.datasets import (
 )
 from lightning_climate.datasets.oc20 import read_npz_batch
 
-SAMPLE = Path(__file__).parents[1] / "data" / "oc20" / "is2re_bs3.npz"
-
 
 @pytest.fixture(scope="module")
 def entries() -> list[dict[str, np.ndarray]]:
-    return read_npz_batch(SAMPLE)
+    return read_npz_batch(OC20_SAMPLE)
 
 
 def _same(data: Data, entry: dict[str, np.ndarray]) -> None:

@@ -14,19 +14,19 @@ import lmdb
 import numpy as np
 import pytest
 import torch
+from conftest import OC20_SAMPLE
 from torch_geometric.data import Data
 
 from lightning_climate.datasets import OC20LMDBDataset, write_oc20_lmdb
 from lightning_climate.datasets.oc20 import read_npz_batch
 from lightning_climate.datasets.oc20_npz import DamagedEntryError, EntryTooLargeError
 
-SAMPLE = Path(__file__).parents[1] / "data" / "oc20" / "is2re_bs3.npz"
 MB = 2**20
 
 
 @pytest.fixture(scope="module")
 def entry() -> dict[str, np.ndarray]:
-    return read_npz_batch(SAMPLE)[2]  # 24 atoms, 386 edges
+    return read_npz_batch(OC20_SAMPLE)[2]  # 24 atoms, 386 edges
 
 
 def _write_values(path: Path, values: list[bytes]) -> None:

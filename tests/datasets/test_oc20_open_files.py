@@ -9,18 +9,17 @@ import lmdb
 import numpy as np
 import pytest
 import torch
+from conftest import OC20_SAMPLE
 from torch_geometric.loader import DataLoader
 
 from lightning_climate.datasets import OC20LMDBDataset, write_oc20_lmdb
 from lightning_climate.datasets.oc20 import read_npz_batch
 from lightning_climate.datasets.oc20_lmdb_mmap import MappedLMDB
 
-SAMPLE = Path(__file__).parents[1] / "data" / "oc20" / "is2re_bs3.npz"
-
 
 @pytest.fixture(scope="module")
 def entries() -> list[dict[str, np.ndarray]]:
-    return read_npz_batch(SAMPLE)
+    return read_npz_batch(OC20_SAMPLE)
 
 
 def test_mapped_reader_equals_lmdb_on_a_deep_tree_with_overflow_pages(tmp_path: Path) -> None:

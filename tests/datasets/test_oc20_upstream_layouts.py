@@ -8,18 +8,18 @@ import lmdb
 import numpy as np
 import pytest
 import torch
+from conftest import OC20_SAMPLE
 
 from lightning_climate.datamodules import OC20DataModule
 from lightning_climate.datasets import OC20LMDBDataset, write_oc20_lmdb
 from lightning_climate.datasets.oc20 import read_npz_batch
 
-SAMPLE = Path(__file__).parents[1] / "data" / "oc20" / "is2re_bs3.npz"
 EDGE_FIELDS = ("edge_index", "cell_offsets", "distances")
 
 
 @pytest.fixture(scope="module")
 def entries() -> list[dict[str, np.ndarray]]:
-    return read_npz_batch(SAMPLE)
+    return read_npz_batch(OC20_SAMPLE)
 
 
 def s2ef_frame(entry: dict[str, np.ndarray], edges: bool = True) -> dict[str, np.ndarray]:

@@ -6,9 +6,7 @@ from pathlib import Path
 
 import pytest
 import xarray as xr
-from conftest import RunCLI
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+from conftest import EXAMPLES, RunCLI
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import OC20_SAMPLE
 from torchmetrics import MetricCollection
 
 from lightning_climate.metrics import (
@@ -17,8 +18,6 @@ from lightning_climate.metrics import (
     ForceCosineSimilarity,
     ForceMAE,
 )
-
-SAMPLE = Path(__file__).parents[1] / "data" / "oc20" / "is2re_bs3.npz"
 
 
 def make_inputs(seed: int = 0, graphs: int = 12) -> dict[str, torch.Tensor]:
@@ -97,7 +96,7 @@ def test_values_match_a_numpy_reference_over_several_batches() -> None:
 
 
 def test_zero_predictor_on_real_oc20() -> None:
-    y = torch.tensor(np.load(SAMPLE)["y_relaxed"], dtype=torch.float32)
+    y = torch.tensor(np.load(OC20_SAMPLE)["y_relaxed"], dtype=torch.float32)
     mae, ewt = EnergyMAE(), EnergyWithinThreshold(0.02)
     mae.update(torch.zeros(3), y)
     ewt.update(torch.zeros(3), y)

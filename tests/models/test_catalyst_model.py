@@ -1,10 +1,8 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-from conftest import central_difference_force, z_rotation
+from conftest import OC20_SAMPLE, central_difference_force, z_rotation
 from torch_geometric.data import Batch
 from torch_geometric.nn.models import SchNet
 
@@ -16,12 +14,11 @@ from lightning_climate.models.frame_averaging import frame_rotations
 from lightning_climate.models.schnet import Graph
 from lightning_climate.transforms import RadiusGraphPBC, RemoveAdsorbateCatalystEdges
 
-SAMPLE = Path(__file__).parents[1] / "data" / "oc20" / "is2re_bs3.npz"
 SMALL = {"hidden_channels": 16, "num_filters": 16, "num_interactions": 2, "num_gaussians": 12}
 
 
 def real_batch(double: bool = False) -> Batch:
-    graphs = [entry_to_data(e, i, f"graph {i}") for i, e in enumerate(read_npz_batch(SAMPLE))]
+    graphs = [entry_to_data(e, i, f"graph {i}") for i, e in enumerate(read_npz_batch(OC20_SAMPLE))]
     batch = Batch.from_data_list(graphs)
     if double:
         batch.pos, batch.cell = batch.pos.double(), batch.cell.double()

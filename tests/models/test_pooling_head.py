@@ -1,11 +1,10 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import central_difference_force
+from conftest import OC20_SAMPLE, central_difference_force
 from torch_geometric.data import Batch, Data
 
 from lightning_climate.datasets.oc20 import entry_to_data, read_npz_batch
@@ -18,13 +17,12 @@ from lightning_climate.models.pooling import (
 )
 from lightning_climate.models.schnet import Graph
 
-SAMPLE = Path(__file__).parents[1] / "data" / "oc20" / "is2re_bs3.npz"
 SMALL = {"hidden_channels": 16, "num_filters": 16, "num_interactions": 2, "num_gaussians": 12}
 _PER_ATOM = ("pos", "atomic_numbers", "tags", "fixed", "force", "pos_relaxed")
 
 
 def real_graphs(double: bool = True) -> list[Data]:
-    graphs = [entry_to_data(e, i, f"graph {i}") for i, e in enumerate(read_npz_batch(SAMPLE))]
+    graphs = [entry_to_data(e, i, f"graph {i}") for i, e in enumerate(read_npz_batch(OC20_SAMPLE))]
     for g in graphs if double else []:
         g.pos, g.cell = g.pos.double(), g.cell.double()
     return graphs  # 65, 172 and 24 atoms: heavy padding in a dense batch

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import RunCLI
+from conftest import EXAMPLES, OC20_SAMPLE, RunCLI
 from lightning.pytorch import Trainer
 from torch import nn
 from torch.utils.data import DataLoader
@@ -22,8 +22,6 @@ from lightning_climate.models import CatalystModel, PhysEmbedding
 from lightning_climate.models.pooling import PoolingEnergyHead
 from lightning_climate.tasks import CatalystTask
 
-SAMPLE = Path(__file__).parents[1] / "data" / "oc20" / "is2re_bs3.npz"
-EXAMPLES = Path(__file__).parents[2] / "examples"
 SMALL = {"hidden_channels": 16, "num_filters": 16, "num_interactions": 2, "num_gaussians": 12}
 
 
@@ -226,7 +224,7 @@ def test_pooling_head_adds_and_logs_its_aux_loss(
 
 
 def _sample_loader(batch_size: int = 1) -> DataLoader:
-    graphs = [entry_to_data(e, i, f"graph {i}") for i, e in enumerate(read_npz_batch(SAMPLE))]
+    graphs = [entry_to_data(e, i, f"graph {i}") for i, e in enumerate(read_npz_batch(OC20_SAMPLE))]
     graphs.append(graphs[2].clone())  # 4 graphs: 2 per rank, no padding by the sampler
     graphs[3].index = torch.tensor([3])
     return DataLoader(graphs, batch_size=batch_size, collate_fn=Collater(None))

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import RunCLI
+from conftest import EXAMPLES, RunCLI
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset
@@ -24,8 +24,6 @@ from lightning_climate.datasets.causal_synthetic import read_causal_synthetic
 from lightning_climate.metrics.graph import edge_counts, match_latents, permute_graph
 from lightning_climate.models import CDSD
 from lightning_climate.tasks import CausalDiscoveryTask
-
-EXAMPLES = Path(__file__).parents[2] / "examples"
 
 
 def cdsd(num_locations: int, num_latents: int, num_variables: int = 1, **kwargs: Any) -> CDSD:

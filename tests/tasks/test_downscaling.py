@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import RunCLI
+from conftest import ERA5_SAMPLE, EXAMPLES, RunCLI
 from lightning.pytorch import Trainer
 
 from lightning_climate.callbacks import DownscalingReport
@@ -13,7 +13,6 @@ from lightning_climate.datamodules import ERA5DataModule, NavierStokesDataModule
 from lightning_climate.models import DFNO, SRCNN, Interpolation
 from lightning_climate.tasks import DownscalingTask
 
-EXAMPLES = Path(__file__).parents[2] / "examples"
 TINY_DFNO = [
     "--model.init_args.model.init_args.hidden_channels",
     "4",
@@ -258,7 +257,7 @@ def test_era5_latitude_weighted_rmse_per_variable_on_patches(
     trainer_kwargs: dict[str, Any],
 ) -> None:
     """Batches with ``lat`` (ERA5) log a latitude-weighted RMSE per variable, from the patches."""
-    era5 = Path(__file__).parents[1] / "data" / "era5" / "era5_sample.nc"
+    era5 = ERA5_SAMPLE
     dm = ERA5DataModule(
         str(era5),
         ["t", "z"],

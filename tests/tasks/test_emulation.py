@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import CLIMATESET_GRID, CLIMATESET_MODELS, RunCLI
+from conftest import CLIMATESET_GRID, CLIMATESET_MODELS, EXAMPLES, RunCLI
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -17,7 +17,6 @@ from lightning_climate.main import main
 from lightning_climate.models import CNNLSTM, SuperEmulator, UNet
 from lightning_climate.tasks import EmulationTask
 
-EXAMPLES = Path(__file__).parents[2] / "examples"
 MODELS = CLIMATESET_MODELS
 GRID = CLIMATESET_GRID
 

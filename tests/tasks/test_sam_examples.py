@@ -5,9 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import RunCLI
+from conftest import EXAMPLES, RunCLI
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 DIGITS = ["digits_sgd.yaml", "digits_sam.yaml", "digits_samon.yaml", "digits_samon_vit.yaml"]
 
 

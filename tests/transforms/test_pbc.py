@@ -2,20 +2,18 @@ from __future__ import annotations
 
 import itertools
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from ase import Atoms
 from ase.neighborlist import neighbor_list
+from conftest import OC20_SAMPLE
 from torch_geometric.data import Batch
 
 from lightning_climate.datasets.oc20 import OC20Data, entry_to_data, read_npz_batch
 from lightning_climate.transforms import RadiusGraphPBC, radius_graph_pbc
 from lightning_climate.transforms.pbc import edge_vectors
-
-SAMPLE = Path(__file__).parents[1] / "data" / "oc20" / "is2re_bs3.npz"
 
 
 def brute_force(
@@ -47,7 +45,7 @@ def as_pairs(edge_index, offsets, dist) -> dict[tuple[int, ...], float]:
 
 @pytest.fixture(scope="module")
 def sample() -> list[OC20Data]:
-    return [entry_to_data(e, i, f"graph {i}") for i, e in enumerate(read_npz_batch(SAMPLE))]
+    return [entry_to_data(e, i, f"graph {i}") for i, e in enumerate(read_npz_batch(OC20_SAMPLE))]
 
 
 def test_real_sample_pair_counts_and_stored_edges(sample) -> None:

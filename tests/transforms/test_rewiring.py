@@ -1,9 +1,8 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import OC20_SAMPLE
 from torch_geometric.data import Batch
 
 from lightning_climate.datasets.oc20 import OC20Data, entry_to_data, read_npz_batch
@@ -15,11 +14,9 @@ from lightning_climate.transforms import (
 )
 from lightning_climate.transforms.pbc import edge_vectors
 
-SAMPLE = Path(__file__).parents[1] / "data" / "oc20" / "is2re_bs3.npz"
-
 
 def load() -> list[OC20Data]:
-    return [entry_to_data(e, i, f"graph {i}") for i, e in enumerate(read_npz_batch(SAMPLE))]
+    return [entry_to_data(e, i, f"graph {i}") for i, e in enumerate(read_npz_batch(OC20_SAMPLE))]
 
 
 # golden numbers of the phast package on the real sample (research note §7)

@@ -1,7 +1,7 @@
 """Template of every task (LightningModule) of the package, after torchgeo's ``BaseTask``.
 
 A task receives its model as a module (``class_path`` in YAML) and its optimizer and scheduler as
-callables (dependency injection). Subclasses fill four hooks, all called from ``__init__`` with
+callables (dependency injection). Subclasses fill five hooks, all called from ``__init__`` with
 ``self.hparams`` already set:
 
 - :meth:`BaseTask.configure_models`: check or wrap ``self.model``;
@@ -9,6 +9,8 @@ callables (dependency injection). Subclasses fill four hooks, all called from ``
 - :meth:`BaseTask.configure_normalizers`: one :class:`~lightning_climate.layers.Normalizer` per
   normalised batch key, fitted at ``fit`` start from the datamodule's ``train_statistics()``
   unless a checkpoint already holds its statistics;
+- :meth:`BaseTask.shared_step`: the loss of one batch of a stage, which the base's training,
+  validation and test steps call;
 - :meth:`BaseTask.configure_metrics`: one :class:`~torchmetrics.MetricCollection` that the base
   clones per stage and per named loader; it is called at ``setup``, so it may use the
   datamodule (e.g. its channel names).
@@ -180,6 +182,23 @@ class BaseTask(LightningModule):
     def log_metrics(self, metrics: MetricCollection, batch_size: int, **kwargs: Any) -> None:
         """Log a metric collection as metric objects (reduced over processes at epoch end)."""
         self.log_dict(metrics, batch_size=batch_size, add_dataloader_idx=False, **kwargs)
+
+    # ------------------------------------------------------------------ steps
+    def shared_step(self, stage: str, batch: Any, dataloader_idx: int = 0) -> Tensor:
+        """Loss of one batch of ``stage`` (``"train"``, ``"val"``, ``"test"``), logging it and the metrics."""
+        raise NotImplementedError(f"{type(self).__name__} must implement shared_step.")
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """The training loss of one batch (see :meth:`shared_step`)."""
+        return self.shared_step("train", batch)
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Evaluate one batch of validation loader ``dataloader_idx``."""
+        self.shared_step("val", batch, dataloader_idx)
+
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Evaluate one batch of test loader ``dataloader_idx`` and log it under its name."""
+        self.shared_step("test", batch, dataloader_idx)
 
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, stage: str) -> None:

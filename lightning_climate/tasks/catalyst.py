@@ -134,7 +134,8 @@ class CatalystTask(BaseTask):
             )
         return target.reshape(-1).to(self.normalizer.scale.dtype)
 
-    def _step(self, stage: str, batch: Data, dataloader_idx: int = 0) -> Tensor:
+    def shared_step(self, stage: str, batch: Data, dataloader_idx: int = 0) -> Tensor:
+        """Loss of one batch; logs it and the metrics under the stage and loader prefix."""
         out = self.model(batch)
         target = self._target(batch)
         size = int(batch.num_graphs)
@@ -178,18 +179,6 @@ class CatalystTask(BaseTask):
         self.log_loss(stage, loss, size, dataloader_idx)
         self.log_metrics(metrics, size)
         return loss
-
-    def training_step(self, batch: Data, batch_idx: int) -> Tensor:
-        """L1 loss on normalised energies (plus forces for S2EF, plus the pooling aux loss)."""
-        return self._step("train", batch)
-
-    def validation_step(self, batch: Data, batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Loss and metrics of one validation set (``val_id``, ``val_ood_ads``, ...)."""
-        self._step("val", batch, dataloader_idx)
-
-    def test_step(self, batch: Data, batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Loss and metrics of one test set."""
-        self._step("test", batch, dataloader_idx)
 
     def predict_step(
         self, batch: Data, batch_idx: int, dataloader_idx: int = 0

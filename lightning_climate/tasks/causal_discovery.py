@@ -226,7 +226,8 @@ class CausalDiscoveryTask(BaseTask):
         """Edges with probability above ``edge_threshold``, ``(lags, nodes, nodes)`` bool."""
         return self.model.edge_probabilities().detach() > self.edge_threshold
 
-    def _step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+    def shared_step(self, stage: str, batch: dict[str, Tensor], dataloader_idx: int = 0) -> Tensor:
+        """Loss of one batch; logs it, the KL and the one-step prediction error."""
         x = self._windows(batch)
         out = self.model(x)
         values = self.model.num_variables * self.model.num_locations
@@ -254,19 +255,11 @@ class CausalDiscoveryTask(BaseTask):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         """Negative ELBO plus sparsity and augmented-Lagrangian terms."""
-        loss = self._step(batch, "train")
+        loss = self.shared_step("train", batch)
         self.log("train_ortho_residual", self.orthogonality_residual_norm())
         self.log("train_ortho_mu", self.alm_mu)
         self.log("train_edge_density", self.model.edge_probabilities().detach().mean())
         return loss
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        """Validation loss and one-step prediction error."""
-        self._step(batch, "val")
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        """Test loss and one-step prediction error."""
-        self._step(batch, "test")
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """One-step forecasts ``(B, T - num_lags, C, N)`` of every target frame, with ``index``.

@@ -96,7 +96,8 @@ class ClassificationTask(BaseTask):
         """Logits ``(B, num_classes)`` of images ``(B, C, H, W)`` in the units of the data."""
         return self.model(self.normalizers["image"](image))
 
-    def _shared_step(self, batch: dict[str, Tensor], stage: str, dataloader_idx: int = 0) -> Tensor:
+    def shared_step(self, stage: str, batch: dict[str, Tensor], dataloader_idx: int = 0) -> Tensor:
+        """Cross-entropy; logs ``{stage}_loss`` and ``{stage}_Accuracy`` (first SAM pass only)."""
         logits = self(batch["image"])
         loss = self.criterion(logits, batch["label"])
         if stage == "train" and in_perturbed_pass():
@@ -107,20 +108,6 @@ class ClassificationTask(BaseTask):
         self.log_loss(stage, loss, batch_size, dataloader_idx)
         self.log_metrics(metrics, batch_size)
         return loss
-
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        """Cross-entropy of the batch; logs ``train_loss`` and ``train_Accuracy``."""
-        return self._shared_step(batch, "train")
-
-    def validation_step(
-        self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        """Logs ``val_loss`` and ``val_Accuracy``."""
-        self._shared_step(batch, "val", dataloader_idx)
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Logs ``test_loss`` and ``test_Accuracy``."""
-        self._shared_step(batch, "test", dataloader_idx)
 
     def predict_step(
         self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0

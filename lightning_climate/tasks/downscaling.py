@@ -173,7 +173,8 @@ class DownscalingTask(BaseTask):
             return soft_constraint_loss(pred, target, lowres, self.hparams["alpha"])
         return relative_l2_error(pred, target)
 
-    def _step(self, stage: str, batch: dict[str, Tensor], dataloader_idx: int = 0) -> Tensor:
+    def shared_step(self, stage: str, batch: dict[str, Tensor], dataloader_idx: int = 0) -> Tensor:
+        """Loss of one batch; logs it and the metrics under the stage and loader prefix."""
         lr, hr = batch["lr"], batch["hr"]
         lr_norm, hr_norm = self.normalizer(lr), self.normalizer(hr)
         pred_norm = self.model(lr_norm, _factor(lr, hr))
@@ -204,20 +205,6 @@ class DownscalingTask(BaseTask):
             add_dataloader_idx=False,
         )
         return loss
-
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        """Fit one batch; log the loss and the training metrics."""
-        return self._step("train", batch)
-
-    def validation_step(
-        self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        """Evaluate one validation batch."""
-        self._step("val", batch, dataloader_idx)
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Evaluate one batch of the test set ``dataloader_idx`` and log under its name."""
-        self._step("test", batch, dataloader_idx)
 
     def predict_step(
         self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0

@@ -142,7 +142,8 @@ class EmulationTask(BaseTask):
             )
         return latitude_weighted_mse(pred, target, self.lat_weights)
 
-    def _step(self, stage: str, batch: dict[str, Tensor], dataloader_idx: int = 0) -> Tensor:
+    def shared_step(self, stage: str, batch: dict[str, Tensor], dataloader_idx: int = 0) -> Tensor:
+        """Loss of one batch; logs it and the metrics under the stage and loader prefix."""
         pred, target = self._predict(batch)
         loss = self._loss(pred, target)
         size = batch["x"].shape[0]
@@ -153,20 +154,6 @@ class EmulationTask(BaseTask):
             metrics[f"LatRMSE_{var}"].update(pred_phys[:, :, channel], batch["y"][:, :, channel])
         self.log_metrics(metrics, size, on_step=False, on_epoch=True)
         return loss
-
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        """Latitude-weighted MSE on normalised fields; RMSE per variable in physical units."""
-        return self._step("train", batch)
-
-    def validation_step(
-        self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        """Log ``val_loss`` and ``val_LatRMSE_<var>`` (physical units)."""
-        self._step("val", batch, dataloader_idx)
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Log ``test_<scenario>_<model>_LatRMSE_<var>`` per test loader (physical units)."""
-        self._step("test", batch, dataloader_idx)
 
     def predict_step(
         self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0

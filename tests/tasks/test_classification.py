@@ -76,7 +76,7 @@ def test_training_step_loss_is_cross_entropy() -> None:
         "label": torch.tensor([0, 1, 2, 3]),
         "index": torch.arange(4),
     }
-    loss = task._shared_step(batch, "val")  # unfitted normaliser: the identity
+    loss = task.shared_step("val", batch)  # unfitted normaliser: the identity
     expected = nn.functional.cross_entropy(
         model(batch["image"]), batch["label"], label_smoothing=0.1
     )
@@ -88,7 +88,7 @@ def test_training_step_loss_is_cross_entropy() -> None:
     expected = nn.functional.cross_entropy(
         model((batch["image"] - 0.5) / 2.0), batch["label"], label_smoothing=0.1
     )
-    torch.testing.assert_close(task._shared_step(batch, "val"), expected)
+    torch.testing.assert_close(task.shared_step("val", batch), expected)
 
 
 @pytest.mark.parametrize(

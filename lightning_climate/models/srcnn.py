@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from torch import Tensor, nn
 
 from lightning_climate.models.blocks import ResidualBlock
 from lightning_climate.models.interpolation import InterpolationMode, resize, target_size
 
-__all__ = ["SRCNN"]
+__all__ = ["SRCNN", "PaddingMode"]
+
+PaddingMode = Literal["zeros", "circular", "reflect", "replicate"]
 
 
 class SRCNN(nn.Module):
@@ -22,6 +25,11 @@ class SRCNN(nn.Module):
     comparison), it upsamples by its own factor and resamples the result to the requested grid with
     ``off_factor_interpolation``: the "bicubic-adjusted" protocol of Yang et al.
 
+    The defaults are Harder et al.'s network. Two options matter on small data and periodic
+    fields (see docs/navier_stokes.md): ``padding_mode="circular"`` for fields on a torus (zero
+    padding makes every border pixel wrong), and ``residual="bicubic"`` to learn only the
+    correction to interpolation, as DFNO does, instead of the whole field from scratch.
+
     Args:
         in_channels: channels of the input.
         out_channels: channels of the output (defaults to ``in_channels``).
@@ -29,6 +37,9 @@ class SRCNN(nn.Module):
         hidden_channels: feature channels.
         num_residual_blocks: residual blocks after upsampling.
         off_factor_interpolation: resampling used when called with another factor.
+        padding_mode: padding of every 3×3 convolution (``"circular"`` for periodic fields).
+        residual: if set, the network's output is added to the input interpolated with this
+            mode to the model's own factor (a global skip connection).
     """
 
     def __init__(
@@ -39,8 +50,15 @@ class SRCNN(nn.Module):
         hidden_channels: int = 32,
         num_residual_blocks: int = 4,
         off_factor_interpolation: InterpolationMode = "bicubic",
+        padding_mode: PaddingMode = "zeros",
+        residual: InterpolationMode | None = None,
     ) -> None:
         super().__init__()
+        if padding_mode not in ("zeros", "circular", "reflect", "replicate"):
+            raise ValueError(
+                f"padding_mode must be 'zeros', 'circular', 'reflect' or 'replicate', got "
+                f"{padding_mode!r}; use 'circular' for periodic fields."
+            )
         out_channels = in_channels if out_channels is None else out_channels
         if factor == 3:
             ups = [nn.ConvTranspose2d(hidden_channels, hidden_channels, 3, stride=3)]
@@ -53,6 +71,7 @@ class SRCNN(nn.Module):
             raise ValueError(f"SRCNN supports factors 1, 2, 4, 8, ... and 3, got factor={factor}.")
         self.factor = factor
         self.off_factor_interpolation = off_factor_interpolation
+        self.residual = residual
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, hidden_channels, 3, padding=1),
             nn.ReLU(inplace=True),
@@ -67,10 +86,22 @@ class SRCNN(nn.Module):
             nn.ReLU(inplace=True),
             nn.Conv2d(hidden_channels, out_channels, 1),
         )
+        if residual is not None and out_channels != in_channels:
+            raise ValueError(
+                f"residual={residual!r} adds the interpolated input to the output, so out_channels "
+                f"({out_channels}) must equal in_channels ({in_channels}); or set residual=None."
+            )
+        # Conv2d pads with F.pad(mode=padding_mode) whenever it is not "zeros"; the padding widths
+        # are fixed at construction, so the mode can be set on the shared residual blocks too.
+        for module in self.body.modules():
+            if isinstance(module, nn.Conv2d):
+                module.padding_mode = padding_mode
 
     def forward(self, x: Tensor, factor: float | None = None) -> Tensor:
         """Upsample ``x`` (B, C, h, w) by the model's factor, then resample to ``factor`` if it differs."""
         y = self.body(x)
+        if self.residual is not None:
+            y = y + resize(x, tuple(y.shape[-2:]), self.residual)
         if factor is None or factor == self.factor:
             return y
         return resize(y, target_size(tuple(x.shape[-2:]), factor), self.off_factor_interpolation)

@@ -9,10 +9,11 @@ factor is inferred from the shapes (it may differ between height and width), so 
 called at several factors.
 
 All arithmetic runs in at least float32 and the result is cast back to ``y_tilde``'s dtype. The
-additive layers apply the additive shift a second time to remove the residual left by rounding, which
-keeps the block means equal to ``x`` to a few epsilon of the output block's own magnitude,
-``max(|x|, max |y|)``, for any magnitude of ``y_tilde`` (a raw output far larger than ``x`` used to
-leave an error of ``eps * |y_tilde|``). The product layers have no such cancellation. In bfloat16 the final cast bounds the error by the bfloat16 epsilon, 2**-7.
+additive layers apply the additive shift a second time to remove what rounding left, so the block
+means equal ``x`` to a few epsilon of the block's own magnitude, ``max(|x|, max |y|)``, for any
+magnitude of ``y_tilde`` (one shift left an error of ``eps * |y_tilde|``, large when the raw output
+is far larger than ``x``). The product layers have no such cancellation. In bfloat16 the final
+cast bounds the error by the bfloat16 epsilon, 2**-7, relative to the output's magnitude.
 
 Only floating-point tensors are accepted (integer outputs would be truncated). A NaN or Inf stays
 in its block: that block's output holds NaN or Inf and the other blocks are unchanged; with

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_climate.models.blocks import ResidualBlock
@@ -39,7 +40,8 @@ class SRCNN(nn.Module):
         off_factor_interpolation: resampling used when called with another factor.
         padding_mode: padding of every 3×3 convolution (``"circular"`` for periodic fields).
         residual: if set, the network's output is added to the input interpolated with this
-            mode to the model's own factor (a global skip connection).
+            mode to the model's own factor (a global skip connection); with circular padding the
+            interpolation wraps around the borders too.
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class SRCNN(nn.Module):
         self.factor = factor
         self.off_factor_interpolation = off_factor_interpolation
         self.residual = residual
+        self.padding_mode = padding_mode
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, hidden_channels, 3, padding=1),
             nn.ReLU(inplace=True),
@@ -97,11 +100,23 @@ class SRCNN(nn.Module):
             if isinstance(module, nn.Conv2d):
                 module.padding_mode = padding_mode
 
+    def _interpolate(self, x: Tensor, size: tuple[int, int]) -> Tensor:
+        """``x`` resized to ``size`` for the residual; periodic when the padding is circular."""
+        if self.padding_mode != "circular":
+            return resize(x, size, self.residual)
+        # Wrap 2 pixels (the bicubic support) around, resize by the integer factor and crop:
+        # the same grid as resizing x alone, but the borders see the other side of the torus.
+        (h, w), pad = x.shape[-2:], 2
+        fh, fw = size[0] // h, size[1] // w
+        wrapped = F.pad(x, (pad, pad, pad, pad), mode="circular")
+        big = resize(wrapped, ((h + 2 * pad) * fh, (w + 2 * pad) * fw), self.residual)
+        return big[..., pad * fh : pad * fh + size[0], pad * fw : pad * fw + size[1]]
+
     def forward(self, x: Tensor, factor: float | None = None) -> Tensor:
         """Upsample ``x`` (B, C, h, w) by the model's factor, then resample to ``factor`` if it differs."""
         y = self.body(x)
         if self.residual is not None:
-            y = y + resize(x, tuple(y.shape[-2:]), self.residual)
+            y = y + self._interpolate(x, tuple(y.shape[-2:]))
         if factor is None or factor == self.factor:
             return y
         return resize(y, target_size(tuple(x.shape[-2:]), factor), self.off_factor_interpolation)

@@ -14,10 +14,11 @@ def _model(**kwargs: object) -> SRCNN:
     return SRCNN(factor=2, hidden_channels=8, num_residual_blocks=2, **kwargs).double()
 
 
-def test_circular_padding_commutes_with_periodic_shifts() -> None:
+@pytest.mark.parametrize("residual", [None, "bicubic"])
+def test_circular_padding_commutes_with_periodic_shifts(residual: str | None) -> None:
     x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
     shifted = torch.roll(x, shifts=(3, -2), dims=(-2, -1))
-    circular = _model(padding_mode="circular")
+    circular = _model(padding_mode="circular", residual=residual)
     torch.testing.assert_close(
         circular(shifted), torch.roll(circular(x), shifts=(6, -4), dims=(-2, -1))
     )
@@ -37,6 +38,15 @@ def test_residual_adds_the_interpolated_input() -> None:
     torch.testing.assert_close(model(x), expected)
     # at another factor the whole output is resampled, as without the residual
     assert model(x, 4).shape == (2, 1, 32, 32)
+
+
+def test_periodic_residual_equals_bicubic_of_the_tiled_field() -> None:
+    model = _model(padding_mode="circular", residual="bicubic")
+    torch.nn.init.zeros_(model.body[-1].weight)
+    torch.nn.init.zeros_(model.body[-1].bias)
+    x = torch.randn(1, 1, 8, 8, dtype=torch.float64)
+    tiled = F.interpolate(x.repeat(1, 1, 3, 3), scale_factor=2, mode="bicubic")
+    torch.testing.assert_close(model(x), tiled[..., 16:32, 16:32])
 
 
 def test_option_errors_name_the_fix() -> None:

@@ -109,7 +109,9 @@ def test_integer_tensors_are_refused(name: str, dtype: torch.dtype) -> None:
 @pytest.mark.parametrize("eps", [float("nan"), float("inf"), 0.0, -1e-6, True, "1e-6"])
 @pytest.mark.parametrize("cls", [MultiplicativeConstraint, ScaledAdditiveConstraint])
 def test_eps_validated_at_construction(cls: type, eps: object) -> None:
-    with pytest.raises(ValueError, match=rf"{cls.__name__}\(eps=\.\.\.\) must be a finite positive"):
+    with pytest.raises(
+        ValueError, match=rf"{cls.__name__}\(eps=\.\.\.\) must be a finite positive"
+    ):
         cls(eps=eps)
 
 

@@ -11,12 +11,22 @@ from typing import Any, ClassVar
 import matplotlib
 import pytest
 import torch
+from ddp_utils import register_ddp_spawn
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 matplotlib.use("agg")
 
 # The suite runs on 2 cores; several DDP tests start 2 processes each, so keep each one single-threaded.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# strategy="ddp_spawn" workers destroy their gloo group before exiting (see tests/ddp_utils.py).
+register_ddp_spawn()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_master_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's ddp_spawn Trainer picks a free port; Lightning leaves MASTER_PORT set otherwise."""
+    monkeypatch.delenv("MASTER_PORT", raising=False)
 
 
 @pytest.fixture

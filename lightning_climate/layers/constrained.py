@@ -26,6 +26,8 @@ class ConstrainedModel(nn.Module):
             :class:`~lightning_climate.layers.OrderingConstraint` (YAML: ``class_path``).
         allow_negative: for ``"softmax"`` only: accept negative inputs instead of raising (useful
             when min-max normalised test data fall slightly below the training minimum).
+        check_finite: raise when the model's output, the input or the constrained output holds
+            NaN or Inf, naming the layer (one device sync per call).
     """
 
     def __init__(
@@ -33,10 +35,13 @@ class ConstrainedModel(nn.Module):
         model: nn.Module,
         constraint: ConstraintName | nn.Module = "softmax",
         allow_negative: bool = False,
+        check_finite: bool = False,
     ) -> None:
         super().__init__()
         if allow_negative and constraint != "softmax":
             raise ValueError("allow_negative only applies to constraint='softmax'.")
+        if check_finite and constraint == "none":
+            raise ValueError("check_finite needs a constraint layer; choose constraint != 'none'.")
         self.model = model
         if isinstance(constraint, nn.Module):
             self.constraint_name = type(constraint).__name__
@@ -44,7 +49,7 @@ class ConstrainedModel(nn.Module):
         else:
             self.constraint_name = constraint
             kwargs = {"allow_negative": True} if allow_negative else {}
-            self.constraint = build_constraint(constraint, **kwargs)
+            self.constraint = build_constraint(constraint, check_finite=check_finite, **kwargs)
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         """Run the model on ``x`` and constrain its output to the block means of ``x``."""

@@ -8,14 +8,21 @@ low-resolution field is the average pool of the high-resolution one, so "mass" i
 factor is inferred from the shapes (it may differ between height and width), so one model can be
 called at several factors.
 
-All arithmetic runs in at least float32 and the result is cast back to ``y_tilde``'s dtype. In
-float32 the block means match ``x`` to about 1e-6 relative (measured <= 6e-7 on O(1) data). In
-bfloat16 the final cast bounds this by the bfloat16 epsilon, 2**-7 ~ 7.8e-3, relative to the
-output's magnitude (measured worst case 5.2e-3 on O(1) data, factors 2-8).
+All arithmetic runs in at least float32 and the result is cast back to ``y_tilde``'s dtype. The
+additive layers apply the additive shift a second time to remove what rounding left, so the block
+means equal ``x`` to a few epsilon of the block's own magnitude, ``max(|x|, max |y|)``, for any
+magnitude of ``y_tilde`` (one shift left an error of ``eps * |y_tilde|``, large when the raw output
+is far larger than ``x``). The product layers have no such cancellation. In bfloat16 the final
+cast bounds the error by the bfloat16 epsilon, 2**-7, relative to the output's magnitude.
+
+Only floating-point tensors are accepted (integer outputs would be truncated). A NaN or Inf stays
+in its block: that block's output holds NaN or Inf and the other blocks are unchanged; with
+``check_finite=True`` a layer raises instead, naming itself and the offending input.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import torch
@@ -30,6 +37,8 @@ __all__ = [
     "SoftmaxConstraint",
     "block_mean",
     "build_constraint",
+    "check_inputs",
+    "check_output",
     "infer_factor",
     "upsample_blocks",
 ]
@@ -93,15 +102,97 @@ def upsample_blocks(x: Tensor, factor: tuple[int, int]) -> Tensor:
     return x.repeat_interleave(factor[0], dim=-2).repeat_interleave(factor[1], dim=-1)
 
 
+def _positive_eps(layer: str, eps: float) -> float:
+    """Return ``eps`` as a float, or raise naming ``layer`` if it is not finite and positive."""
+    if (
+        isinstance(eps, bool)
+        or not isinstance(eps, (int, float))
+        or not math.isfinite(eps)
+        or eps <= 0
+    ):
+        raise ValueError(
+            f"{layer}(eps=...) must be a finite positive number, got {eps!r}; the default is 1e-6."
+        )
+    return float(eps)
+
+
+def _flag(layer: str, name: str, value: bool) -> bool:
+    """Return ``value`` if it is a bool, or raise naming ``layer`` and the argument."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{layer}({name}=...) must be True or False, got {value!r}.")
+    return value
+
+
+def _require_finite(layer: str, what: str, t: Tensor, fix: str) -> None:
+    """Raise a ValueError naming ``layer`` if ``t`` holds NaN or Inf (one device sync)."""
+    bad = ~torch.isfinite(t)
+    if bool(bad.any()):
+        raise ValueError(
+            f"{layer}: {what} has {int(bad.sum())} non-finite values (NaN or Inf) of "
+            f"{t.numel()}. {fix}"
+        )
+
+
+def check_inputs(
+    layer: str, y_highres: Tensor, x_lowres: Tensor | None, check_finite: bool
+) -> None:
+    """Refuse non-float inputs and, with ``check_finite``, NaN/Inf, naming ``layer``."""
+    named = [("y_highres", y_highres)] + ([] if x_lowres is None else [("x_lowres", x_lowres)])
+    for name, t in named:
+        if not t.is_floating_point():
+            raise TypeError(
+                f"{layer} needs floating-point tensors, but {name} has dtype {t.dtype}: an "
+                f"integer output would be truncated and lose the block means. Convert it "
+                f"first, e.g. `{name}.float()`."
+            )
+    if check_finite:
+        fix = "Find where the NaN/Inf enters (data, normalisation, a diverging model)."
+        for name, t in named:
+            _require_finite(layer, f"the input {name}", t, fix)
+
+
+def check_output(layer: str, y: Tensor) -> None:
+    """Raise naming ``layer`` if its output (from finite inputs) overflowed to NaN/Inf."""
+    fix = (
+        f"The inputs are finite, so the result overflowed {y.dtype}: rescale the data (e.g. "
+        "min-max normalisation) or compute in float32."
+    )
+    _require_finite(layer, "the output", y, fix)
+
+
+def _shift(y: Tensor, x: Tensor, factor: tuple[int, int]) -> Tensor:
+    """Shift each block of ``y`` by ``x - mean(y)`` (the additive correction).
+
+    Applied once to a raw output far larger than ``x``, it leaves an error of the order of
+    ``eps * |mean(y)|``; the block means of the result are then computed to ``eps * max |y|``, so a
+    second application brings them to ``x`` to the rounding of the output itself.
+    """
+    # In place on the fresh upsampled tensor: one large allocation instead of two.
+    return upsample_blocks(x - block_mean(y, factor), factor).add_(y)
+
+
 class _BlockConstraint(nn.Module):
-    """Shape checks, float32 upcast and the cast back, shared by every conservation layer."""
+    """Dtype and shape checks, the optional finiteness check, float32 upcast and the cast back.
+
+    Args:
+        check_finite: raise if an input or the output holds NaN or Inf (one device sync per
+            call). Without it non-finite values stay inside their own blocks.
+    """
+
+    def __init__(self, check_finite: bool = False) -> None:
+        super().__init__()
+        self.check_finite = _flag(type(self).__name__, "check_finite", check_finite)
 
     def forward(self, y_highres: Tensor, x_lowres: Tensor) -> Tensor:
         """Return ``y`` with the block means of ``x_lowres`` (see the class docstring)."""
+        layer = type(self).__name__
         factor = infer_factor(y_highres, x_lowres)
+        check_inputs(layer, y_highres, x_lowres, self.check_finite)
         dtype = torch.promote_types(y_highres.dtype, torch.float32)
-        y = self._constrain(y_highres.to(dtype), x_lowres.to(dtype), factor)
-        return y.to(y_highres.dtype)
+        y = self._constrain(y_highres.to(dtype), x_lowres.to(dtype), factor).to(y_highres.dtype)
+        if self.check_finite:
+            check_output(layer, y)
+        return y
 
     def _constrain(self, y: Tensor, x: Tensor, factor: tuple[int, int]) -> Tensor:
         raise NotImplementedError
@@ -110,11 +201,15 @@ class _BlockConstraint(nn.Module):
 class AdditiveConstraint(_BlockConstraint):
     """AddCL: shift every block by the same amount, ``y = y_tilde + (x - mean(y_tilde))``.
 
-    Valid for any real data; it does not preserve signs (no positivity guarantee).
+    Valid for any real data; it does not preserve signs (no positivity guarantee). The shift is
+    applied twice: the second removes the rounding left when the raw output is far from ``x``.
+
+    Args:
+        check_finite: raise on NaN/Inf in the inputs or the output, naming this layer.
     """
 
     def _constrain(self, y: Tensor, x: Tensor, factor: tuple[int, int]) -> Tensor:
-        return y + upsample_blocks(x - block_mean(y, factor), factor)
+        return _shift(_shift(y, x, factor), x, factor)
 
 
 class MultiplicativeConstraint(_BlockConstraint):
@@ -126,13 +221,12 @@ class MultiplicativeConstraint(_BlockConstraint):
 
     Args:
         eps: smallest block-mean magnitude that is rescaled.
+        check_finite: raise on NaN/Inf in the inputs or the output, naming this layer.
     """
 
-    def __init__(self, eps: float = 1e-6) -> None:
-        super().__init__()
-        if eps <= 0:
-            raise ValueError(f"eps must be positive, got {eps}.")
-        self.eps = eps
+    def __init__(self, eps: float = 1e-6, check_finite: bool = False) -> None:
+        super().__init__(check_finite)
+        self.eps = _positive_eps(type(self).__name__, eps)
 
     def _constrain(self, y: Tensor, x: Tensor, factor: tuple[int, int]) -> Tensor:
         mean = block_mean(y, factor)
@@ -156,11 +250,12 @@ class SoftmaxConstraint(_BlockConstraint):
     Args:
         allow_negative: accept negative ``x`` (outputs then take the sign of their block's ``x``).
             The check costs one device synchronisation per call.
+        check_finite: raise on NaN/Inf in the inputs or the output, naming this layer.
     """
 
-    def __init__(self, allow_negative: bool = False) -> None:
-        super().__init__()
-        self.allow_negative = allow_negative
+    def __init__(self, allow_negative: bool = False, check_finite: bool = False) -> None:
+        super().__init__(check_finite)
+        self.allow_negative = _flag(type(self).__name__, "allow_negative", allow_negative)
 
     def _constrain(self, y: Tensor, x: Tensor, factor: tuple[int, int]) -> Tensor:
         if not self.allow_negative and bool((x < 0).any()):
@@ -181,17 +276,17 @@ class ScaledAdditiveConstraint(_BlockConstraint):
     ``y = y_tilde + (x - m) * (s + y_tilde) / (s + m)`` with ``m = mean(y_tilde)`` and
     ``s = sign(m - x)``. If ``y_tilde`` and ``x`` lie in [-1, 1], so does ``y``. Outside that
     domain the denominator ``s + m`` can vanish; blocks where ``|s + m| < eps`` fall back to the
-    additive correction, so the block mean is still exactly ``x``.
+    additive correction, so the block mean is still exactly ``x``. The rounding left by large raw
+    outputs is removed by one more additive shift (see the module docstring).
 
     Args:
         eps: smallest denominator magnitude that is used.
+        check_finite: raise on NaN/Inf in the inputs or the output, naming this layer.
     """
 
-    def __init__(self, eps: float = 1e-6) -> None:
-        super().__init__()
-        if eps <= 0:
-            raise ValueError(f"eps must be positive, got {eps}.")
-        self.eps = eps
+    def __init__(self, eps: float = 1e-6, check_finite: bool = False) -> None:
+        super().__init__(check_finite)
+        self.eps = _positive_eps(type(self).__name__, eps)
 
     def _constrain(self, y: Tensor, x: Tensor, factor: tuple[int, int]) -> Tensor:
         mean = block_mean(y, factor)
@@ -203,7 +298,7 @@ class ScaledAdditiveConstraint(_BlockConstraint):
         gain = diff / torch.where(small, torch.ones_like(denom), denom)
         scaled = y + upsample_blocks(gain, factor) * (upsample_blocks(sign, factor) + y)
         shifted = y + upsample_blocks(diff, factor)
-        return torch.where(upsample_blocks(small, factor), shifted, scaled)
+        return _shift(torch.where(upsample_blocks(small, factor), shifted, scaled), x, factor)
 
 
 _LAYERS: dict[str, type[nn.Module]] = {

@@ -30,6 +30,8 @@ from lightning_climate.layers.constraints import (
     ConstraintName,
     SoftmaxConstraint,
     build_constraint,
+    check_inputs,
+    check_output,
     infer_factor,
 )
 
@@ -47,6 +49,8 @@ class OrderingConstraint(nn.Module):
             ``"scadd"``) applied to the anchor; the gaps then use the softmax layer (which
             replaces ``positive``), so each ordered channel has the block means of its
             low-resolution channel.
+        check_finite: raise on NaN/Inf in the inputs or the output, naming this layer (one
+            device sync per call); without it a non-finite value spreads along its pixel's chain.
     """
 
     def __init__(
@@ -55,6 +59,7 @@ class OrderingConstraint(nn.Module):
         anchor: int | None = None,
         positive: Literal["softplus", "relu"] = "softplus",
         conservation: ConstraintName = "none",
+        check_finite: bool = False,
     ) -> None:
         super().__init__()
         order = [int(c) for c in order]
@@ -73,6 +78,9 @@ class OrderingConstraint(nn.Module):
         self.anchor = anchor
         self.positive = positive
         self.conservation = conservation
+        if not isinstance(check_finite, bool):
+            raise TypeError(f"check_finite must be True or False, got {check_finite!r}.")
+        self.check_finite = check_finite
         self.anchor_constraint = build_constraint(conservation)
         self.gap_constraint = None if self.anchor_constraint is None else SoftmaxConstraint()
 
@@ -102,6 +110,8 @@ class OrderingConstraint(nn.Module):
                     "low-resolution input: call it as layer(y_highres, x_lowres)."
                 )
             infer_factor(y_highres, x_lowres)
+        layer = type(self).__name__
+        check_inputs(layer, y_highres, x_lowres, self.check_finite)
         channels = list(y_highres.unbind(1))
         a = self.order[self.anchor]
         if self.anchor_constraint is not None:
@@ -131,7 +141,10 @@ class OrderingConstraint(nn.Module):
                 channels[c] = channels[previous] + step * gap
                 previous = c
                 pos += step
-        return torch.stack(channels, dim=1)
+        y = torch.stack(channels, dim=1)
+        if self.check_finite:
+            check_output(layer, y)
+        return y
 
 
 class MinMeanMaxConstraint(OrderingConstraint):
@@ -143,6 +156,7 @@ class MinMeanMaxConstraint(OrderingConstraint):
         tasmax: channel of the daily maximum.
         positive: ``"softplus"`` or ``"relu"`` for the two gaps.
         conservation: optional conservation layer for ``tas`` (see :class:`OrderingConstraint`).
+        check_finite: raise on NaN/Inf, naming this layer (see :class:`OrderingConstraint`).
     """
 
     def __init__(
@@ -152,5 +166,6 @@ class MinMeanMaxConstraint(OrderingConstraint):
         tasmax: int = 2,
         positive: Literal["softplus", "relu"] = "softplus",
         conservation: ConstraintName = "none",
+        check_finite: bool = False,
     ) -> None:
-        super().__init__([tasmin, tas, tasmax], 1, positive, conservation)
+        super().__init__([tasmin, tas, tasmax], 1, positive, conservation, check_finite)

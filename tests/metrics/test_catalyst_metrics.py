@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import OC20_SAMPLE
+from ddp_utils import free_port
 from torchmetrics import MetricCollection
 
 from lightning_climate.metrics import (
@@ -130,8 +131,7 @@ def _worker(rank: int, port: str, out: str) -> None:
 
 @pytest.mark.ddp
 def test_ddp_two_processes_equal_single_process(tmp_path: Path) -> None:
-    port = str(29500 + os.getpid() % 1000)
-    mp.spawn(_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(str(free_port()), str(tmp_path)), nprocs=2, join=True)
     expected = reference(make_inputs())
     for rank in (0, 1):
         assert torch.load(tmp_path / f"rank{rank}.pt") == pytest.approx(expected, abs=1e-6)

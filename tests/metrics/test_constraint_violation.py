@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from ddp_utils import free_port
 
 from lightning_climate.layers import AdditiveConstraint
 from lightning_climate.metrics import ConstraintViolation
@@ -80,8 +81,7 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
 @pytest.mark.ddp
 @pytest.mark.skipif(sys.platform == "win32", reason="gloo spawn test")
 def test_ddp_equals_single_process(tmp_path: Path) -> None:
-    port = 29500 + os.getpid() % 1000
-    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     ref_mean, ref_max = _numpy_reference()
     for rank in range(2):
         values = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)

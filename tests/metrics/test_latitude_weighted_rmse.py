@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +8,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from ddp_utils import free_port
 
 from lightning_climate.metrics import LatitudeWeightedRMSE, latitude_weighted_mse, latitude_weights
 
@@ -142,12 +142,6 @@ def test_per_update_latitude_errors() -> None:
         metric.update(torch.zeros(2, 4, 4), torch.zeros(2, 4, 4), latitudes=torch.arange(4.0) * 60)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -172,7 +166,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
 
 @pytest.mark.ddp
 def test_ddp_two_processes_equal_single_process(tmp_path: Path) -> None:
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     rng = np.random.default_rng(1)
     preds, target = rng.normal(size=(5, 3, 2, 32, 64)), rng.normal(size=(5, 3, 2, 32, 64))
     single = LatitudeWeightedRMSE(LAT_WB, num_outputs=2)

@@ -1,11 +1,11 @@
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from ddp_utils import free_port
 
 from lightning_climate.metrics import RelativeL2Error, relative_l2_error
 
@@ -51,18 +51,12 @@ def _worker(rank: int, port: int, preds: torch.Tensor, target: torch.Tensor, out
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.ddp
 def test_ddp_equals_single_process(tmp_path: Path) -> None:
     torch.manual_seed(1)
     preds, target = torch.randn(7, 1, 4, 4), torch.randn(7, 1, 4, 4)
     out = tmp_path / "value.pt"
-    mp.spawn(_worker, args=(_free_port(), preds, target, str(out)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), preds, target, str(out)), nprocs=2, join=True)
     single = RelativeL2Error()
     single.update(preds, target)
     assert torch.load(out).item() == pytest.approx(single.compute().item(), rel=1e-6)

@@ -89,9 +89,7 @@ def final_metrics_table(metrics: dict[str, Any]) -> str:
 
 
 class ClimateCLI(LightningCLI):
-    """LightningCLI that binds a top-level SAM, shows readable progress-bar numbers and prints a
-    summary after ``fit``.
-    """
+    """LightningCLI that binds a top-level SAM, shows readable numbers and summarises ``fit``."""
 
     @staticmethod
     def configure_optimizers(

@@ -62,6 +62,8 @@ class DownscalingTask(BaseTask):
         normalization: ``"channel"`` (one min–max range per channel) or ``"shared"`` (one range
             for all channels, so an order between channels holds in normalised units too; use it
             with an ordering constraint).
+        check_finite: with a named constraint, raise naming the layer when its input or output
+            holds NaN or Inf (one device sync per call); off, a non-finite value stays in its block.
         predict_factor: factor used by ``predict`` for batches that carry no ``hr`` grid.
         ssim_kernel_size: Gaussian window of SSIM (odd; every grid must be at least this large);
             ``None`` leaves SSIM out.
@@ -79,6 +81,7 @@ class DownscalingTask(BaseTask):
         alpha: float = 0.99,
         constraint: ConstraintName | nn.Module = "none",
         normalization: Literal["channel", "shared"] = "channel",
+        check_finite: bool = False,
         predict_factor: float = 2.0,
         ssim_kernel_size: int | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
@@ -115,10 +118,12 @@ class DownscalingTask(BaseTask):
                 f"the model already ends in the {self.model.constraint_name!r} constraint; set "
                 "DownscalingTask(constraint='none') or remove the ConstrainedModel wrapper."
             )
+        named = isinstance(constraint, str)
         self.model = ConstrainedModel(
             self.model,
             constraint,
-            allow_negative=isinstance(constraint, str) and constraint == "softmax",
+            allow_negative=named and constraint == "softmax",
+            check_finite=named and self.hparams["check_finite"],
         )
 
     def configure_normalizers(self) -> dict[str, Normalizer]:

@@ -286,3 +286,16 @@ def test_era5_latitude_weighted_rmse_per_variable_on_patches(
     # the weighting matters: it differs from the plain RMSE over the same patches
     plain = (unweighted / len(dm.test_dataset)).sqrt()
     assert abs(expected[0] - plain[0]) / plain[0] > 1e-3
+
+
+def test_check_finite_reaches_the_constraint_layer() -> None:
+    model = SRCNN(factor=2, hidden_channels=4, num_residual_blocks=1)
+    task = DownscalingTask(model, constraint="add", check_finite=True)
+    lr = torch.randn(1, 1, 8, 8)
+    lr[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="AdditiveConstraint"):
+        task(lr, 2)
+    quiet = DownscalingTask(
+        SRCNN(factor=2, hidden_channels=4, num_residual_blocks=1), constraint="add"
+    )
+    assert torch.isnan(quiet(lr, 2)).any()

@@ -94,6 +94,7 @@ class BaseDataModule(LightningDataModule):
         self.test_dataset: Dataset[Any] | Mapping[str, Dataset[Any]] | None = None
         self.predict_dataset: Dataset[Any] | Mapping[str, Dataset[Any]] | None = None
         self._train_statistics: dict[str, Tensor] | None = None
+        self._unchecked_statistics = False
 
     # ------------------------------------------------------------------ the contract with tasks
     def compute_train_statistics(self) -> dict[str, Tensor]:
@@ -112,6 +113,10 @@ class BaseDataModule(LightningDataModule):
             stats = {k: torch.as_tensor(v) for k, v in self.compute_train_statistics().items()}
             self._check_shapes(stats, "computed")
             self._train_statistics = stats
+        elif self._unchecked_statistics and self.statistics_shapes() is not None:
+            # loaded before setup, when the shapes were not known yet: check them now
+            self._check_shapes(self._train_statistics, "checkpoint")
+            self._unchecked_statistics = False
         return self._train_statistics
 
     def state_dict(self) -> dict[str, Any]:
@@ -130,6 +135,7 @@ class BaseDataModule(LightningDataModule):
         if self._train_statistics is not None:
             self._check_against(stats, self._train_statistics)
         self._train_statistics = stats
+        self._unchecked_statistics = self.statistics_shapes() is None
 
     def _check_shapes(self, stats: Mapping[str, Tensor], origin: str) -> None:
         expected = self.statistics_shapes()

@@ -107,6 +107,12 @@ class Normalizer(nn.Module):
         """Store ``shift`` and ``scale`` directly; each follows the shape rules of the class doc."""
         shift = torch.as_tensor(shift).to(torch.get_default_dtype())
         scale = torch.as_tensor(scale).to(torch.get_default_dtype())
+        if shift.shape != scale.shape and not self._per_channel_scale(shift, scale):
+            raise ValueError(
+                f"Normalizer({self.key!r}): shift {tuple(shift.shape)} and scale "
+                f"{tuple(scale.shape)} must have the same shape, or the scale one value per "
+                "channel of the shift (a climatology divided by a per-channel std)."
+            )
         if self.grouped and (shift.ndim == 0 or scale.ndim == 0 or len(shift) != len(scale)):
             raise ValueError(
                 f"Normalizer({self.key!r}) is grouped: shift {tuple(shift.shape)} and scale "
@@ -125,6 +131,14 @@ class Normalizer(nn.Module):
         self.shift = shift.to(self.shift.device)
         self.scale = scale.to(self.scale.device)
         self.fitted.fill_(True)
+
+    def _per_channel_scale(self, shift: Tensor, scale: Tensor) -> bool:
+        """Whether ``scale`` holds one value per channel (and group) of a per-cell ``shift``."""
+        lead = 1 if self.grouped else 0
+        if scale.ndim != lead + 1 or shift.ndim < lead + self.channel_dim:
+            return False
+        channels = shift.shape[lead + self.channel_dim - 1]
+        return shift.shape[:lead] == scale.shape[:lead] and scale.shape[-1] == channels
 
     def _align(self, stat: Tensor, x: Tensor, group: Tensor | None) -> Tensor:
         if stat.ndim == 0:  # the identity before fit, or one scalar for every value

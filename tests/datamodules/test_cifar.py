@@ -16,7 +16,7 @@ def cifar_root(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_splits_indices_and_normalisation(cifar_root: Path) -> None:
+def test_splits_indices_scaling_and_train_statistics(cifar_root: Path) -> None:
     dm = CIFARDataModule(cifar_root, batch_size=16, val_fraction=0.25)
     dm.setup("fit")
     assert len(dm.train_dataset) == 150 and len(dm.val_dataset) == 50
@@ -26,12 +26,19 @@ def test_splits_indices_and_normalisation(cifar_root: Path) -> None:
     images, labels = read_cifar(cifar_root, 10, "train")
     sample = dm.val_dataset[3]
     i = int(sample["index"])
-    mean = torch.tensor(dm.mean).view(3, 1, 1)
-    std = torch.tensor(dm.std).view(3, 1, 1)
-    torch.testing.assert_close(sample["image"], (images[i].float() / 255 - mean) / std)
+    # samples are pixels scaled to [0, 1], never standardised
+    torch.testing.assert_close(sample["image"], images[i].float() / 255)
     assert int(sample["label"]) == int(labels[i])
+    # statistics are those of the training split's scaled pixels, per channel
     train = torch.stack([dm.train_dataset[k]["image"] for k in range(len(dm.train_dataset))])
-    torch.testing.assert_close(train.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-4, rtol=0)
+    stats = dm.train_statistics()
+    assert set(stats) == {"image_mean", "image_std"}
+    torch.testing.assert_close(stats["image_mean"], train.mean(dim=(0, 2, 3)))
+    torch.testing.assert_close(stats["image_std"], train.std(dim=(0, 2, 3)))
+    standardised = (train - stats["image_mean"].view(3, 1, 1)) / stats["image_std"].view(3, 1, 1)
+    torch.testing.assert_close(standardised.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-4, rtol=0)
+    val = torch.stack([dm.val_dataset[k]["image"] for k in range(len(dm.val_dataset))])
+    assert not torch.allclose(val.mean(dim=(0, 2, 3)), stats["image_mean"], atol=1e-6, rtol=0)
 
 
 def test_crop_flip_keeps_content() -> None:

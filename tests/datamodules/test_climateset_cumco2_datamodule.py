@@ -35,9 +35,8 @@ def datamodule(root: Path, **kwargs: Any) -> ClimateSetDataModule:
 
 
 def batches(dm: ClimateSetDataModule) -> list[dict[str, torch.Tensor]]:
-    """Normalised batches of the train split in sample order (the train loader shuffles)."""
-    loader = torch.utils.data.DataLoader(dm.train_dataset, batch_size=3)
-    return [dm.on_after_batch_transfer(b, 0) for b in loader]
+    """Physical batches of the train split in sample order (the train loader shuffles)."""
+    return list(torch.utils.data.DataLoader(dm.train_dataset, batch_size=3))
 
 
 def test_default_off_batches_are_the_inputs_alone(root: Path) -> None:
@@ -46,13 +45,16 @@ def test_default_off_batches_are_the_inputs_alone(root: Path) -> None:
     assert on.input_names == [*on.in_vars, "CO2_cumulative"]
     for dm in (off, on):
         dm.setup("fit")
-    assert off.statistics["in_mean"].shape == (1, 4) and on.statistics["in_mean"].shape == (1, 5)
-    for key in ("in_mean", "in_std"):  # the 4 forcings keep their statistics exactly
-        torch.testing.assert_close(on.statistics[key][:, :4], off.statistics[key])
+    off_stats, on_stats = off.train_statistics(), on.train_statistics()
+    assert off_stats["x_mean"].shape == (1, 4) and on_stats["x_mean"].shape == (1, 5)
+    for key in ("x_mean", "x_std"):  # the 4 forcings keep their statistics exactly
+        torch.testing.assert_close(on_stats[key][:, :4], off_stats[key])
+    for key in ("y_mean", "y_std"):
+        torch.testing.assert_close(on_stats[key], off_stats[key], rtol=0, atol=0)
     for a, b in zip(batches(off), batches(on), strict=True):
         assert a["x"].shape[2] == 4 and b["x"].shape[2] == 5
         torch.testing.assert_close(b["x"][:, :, :4], a["x"], rtol=0, atol=0)
-        for key in ("y", "y_mean", "y_std", "year", "index"):
+        for key in ("y", "model_id", "year", "index"):
             torch.testing.assert_close(b[key], a[key], rtol=0, atol=0)
 
 
@@ -65,7 +67,8 @@ def test_channel_statistics_come_from_training_years_and_travel_in_checkpoints(
         [dm.train_dataset.cumulative[(k.scenario, k.year)] for k in dm.train_dataset.keys]
     )
     assert {k.year for k in dm.train_dataset.keys} == set(range(2015, 2020))  # 2020 validates
-    mean, std = dm.statistics["in_mean"][0, -1].item(), dm.statistics["in_std"][0, -1].item()
+    stats = dm.train_statistics()
+    mean, std = stats["x_mean"][0, -1].item(), stats["x_std"][0, -1].item()
     assert mean == pytest.approx(values.mean(), rel=1e-6)
     assert std == pytest.approx(values.std(), rel=1e-4)
     for batch in batches(dm):
@@ -74,21 +77,27 @@ def test_channel_statistics_come_from_training_years_and_travel_in_checkpoints(
             channel = x[:, -1]
             assert torch.all(channel == channel[0, 0, 0])  # every month of the 12-step sequence
             raw = dm.train_dataset.cumulative[(key.scenario, key.year)]
-            assert channel[0, 0, 0].item() == pytest.approx((raw - mean) / std, abs=1e-5)
+            assert channel[0, 0, 0].item() == pytest.approx(raw, rel=1e-6)  # physical GtCO2
     # a sequence model (CNN-LSTM over the 12 months) trains on it; statistics go in the checkpoint
     callback = ModelCheckpoint(dirpath=tmp_path, save_last=True)
     task = EmulationTask(CNNLSTM(5, 2, *CLIMATESET_GRID, filters=2, hidden=2))
     kwargs = trainer_kwargs | {"callbacks": [callback]}
     Trainer(max_steps=2, limit_val_batches=1, **kwargs).fit(task, datamodule=dm)
     saved = torch.load(callback.last_model_path, weights_only=False)["ClimateSetDataModule"]
-    torch.testing.assert_close(saved["in_mean"], dm.statistics["in_mean"])
+    torch.testing.assert_close(saved["train_statistics"]["x_mean"], stats["x_mean"])
     restored = datamodule(root, cumulative_co2=True)
     restored.load_state_dict(saved)
-    torch.testing.assert_close(restored.statistics["in_std"], dm.statistics["in_std"])
-    with pytest.raises(
-        ValueError, match=r"'in_mean' have shape \(1, 5\), expected \(1, 4\).*cumulative_co2=False"
-    ):
+    torch.testing.assert_close(restored.train_statistics()["x_std"], stats["x_std"])
+    # the task's normaliser was fitted with the same statistics (it z-scores the new channel too)
+    torch.testing.assert_close(task.normalizers["x"].shift, stats["x_mean"].float())
+    with pytest.raises(ValueError, match=r"'x_mean' has shape \(1, 5\).*expects \(1, 4\)"):
         datamodule(root).load_state_dict(saved)
+
+
+def test_checkpoint_without_the_channel_is_refused_with_it(root: Path) -> None:
+    saved = datamodule(root).train_statistics()
+    with pytest.raises(ValueError, match=r"'x_mean' has shape \(1, 4\).*expects \(1, 5\)"):
+        datamodule(root, cumulative_co2=True).load_state_dict({"train_statistics": saved})
 
 
 def test_test_split_sums_years_it_does_not_use(root: Path) -> None:

@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_climate.datamodules import ClimateSetDataModule
 from lightning_climate.datamodules.climateset import split_train_val
+from lightning_climate.layers.normalization import Normalizer
 from lightning_climate.models import UNet
 from lightning_climate.tasks import EmulationTask
 
@@ -86,50 +87,61 @@ def test_splits_and_per_model_test_sets(root: Path) -> None:
 def test_statistics_come_from_the_training_split_only(root: Path) -> None:
     dm = datamodule(root)
     dm.setup("fit")
+    stats = dm.train_statistics()
+    assert set(stats) == {"x_mean", "x_std", "y_mean", "y_std"}
     train, val = list(dm.train_dataset), list(dm.val_dataset)
     for model_id in range(2):
         samples = [s for s in train if int(s["model_id"]) == model_id]
         y = torch.stack([s["y"] for s in samples]).double()  # (N, 12, C, H, W)
         x = torch.stack([s["x"] for s in samples]).double()
-        torch.testing.assert_close(dm.statistics["out_mean"][model_id], y.mean(dim=(0, 1, 3, 4)))
+        torch.testing.assert_close(stats["y_mean"][model_id], y.mean(dim=(0, 1, 3, 4)))
         torch.testing.assert_close(
-            dm.statistics["out_std"][model_id], y.std(dim=(0, 1, 3, 4), unbiased=False)
+            stats["y_std"][model_id], y.std(dim=(0, 1, 3, 4), unbiased=False)
         )
+        torch.testing.assert_close(stats["x_mean"][model_id], x.mean(dim=(0, 1, 3, 4)))
         torch.testing.assert_close(
-            dm.statistics["in_std"][model_id], x.std(dim=(0, 1, 3, 4), unbiased=False)
+            stats["x_std"][model_id], x.std(dim=(0, 1, 3, 4), unbiased=False)
         )
         val_y = torch.stack([s["y"] for s in val if int(s["model_id"]) == model_id]).double()
         pooled = torch.cat([y, val_y]).mean(dim=(0, 1, 3, 4))
-        assert not torch.allclose(dm.statistics["out_mean"][model_id], pooled)
+        assert not torch.allclose(stats["y_mean"][model_id], pooled)
     # The two climate models have different climates, hence different statistics.
-    assert abs(dm.statistics["out_mean"][0, 0] - dm.statistics["out_mean"][1, 0]) > 0.3
+    assert abs(stats["y_mean"][0, 0] - stats["y_mean"][1, 0]) > 0.3
 
 
-def test_batch_normalisation_is_invertible(root: Path) -> None:
+def test_batches_are_physical_and_grouped_normalisation_is_invertible(root: Path) -> None:
     dm = datamodule(root, batch_size=6)
     dm.setup("fit")
-    raw = next(iter(dm.val_dataloader()))
-    batch = dm.on_after_batch_transfer(dict(raw), 0)
-    assert batch["y_mean"].shape == (6, 1, 2, 1, 1)
-    torch.testing.assert_close(
-        batch["y"] * batch["y_std"] + batch["y_mean"], raw["y"], rtol=1e-5, atol=1e-6
-    )
-    assert abs(float(batch["x"][:, :, 2].mean())) < 1.0
-    torch.testing.assert_close(batch["index"], raw["index"])
-    with pytest.raises(RuntimeError, match="call setup"):
-        datamodule(root).on_after_batch_transfer(dict(raw), 0)
+    batch = next(iter(dm.val_dataloader()))
+    assert set(batch) == {"x", "y", "model_id", "year", "index"}  # no statistics in batches
+    first = dm.val_dataset[0]
+    torch.testing.assert_close(batch["y"][0], first["y"], rtol=0, atol=0)
+    assert float(batch["y"][:, :, 0].mean()) > 200  # tas in kelvin, not z-scored
+    stats = dm.train_statistics()
+    for key in ("x", "y"):
+        norm = Normalizer(key, "zscore", channel_dim=2, grouped=True)
+        norm.fit(stats)
+        z = norm(batch[key], batch["model_id"])
+        torch.testing.assert_close(norm.inverse(z, batch["model_id"]), batch[key])
+        m = int(batch["model_id"][0])
+        channel = 2 if key == "x" else 0
+        expected = (batch[key][0, :, channel] - stats[f"{key}_mean"][m, channel]) / stats[
+            f"{key}_std"
+        ][m, channel]
+        torch.testing.assert_close(z[0, :, channel], expected.float())
+    assert abs(float(Normalizer("x", channel_dim=2, grouped=True).forward(batch["x"]).mean())) > 0
 
 
 def test_state_dict_round_trip_and_checkpoint(
     root: Path, tmp_path: Path, trainer_kwargs: dict[str, Any]
 ) -> None:
     dm = datamodule(root)
-    dm.setup("fit")
+    stats = dm.train_statistics()
     other = datamodule(root)
     other.load_state_dict(dm.state_dict())
-    for key, value in dm.statistics.items():
-        torch.testing.assert_close(other.statistics[key], value)
-    with pytest.raises(ValueError, match=r"'in_mean' have shape \(2, 4\), expected \(1, 4\)"):
+    for key, value in stats.items():
+        torch.testing.assert_close(other.train_statistics()[key], value)
+    with pytest.raises(ValueError, match=r"'x_mean' has shape \(2, 4\).*expects \(1, 4\)"):
         datamodule(root, climate_models=MODELS[:1]).load_state_dict(dm.state_dict())
     assert datamodule(root).state_dict() == {}
 
@@ -139,16 +151,29 @@ def test_state_dict_round_trip_and_checkpoint(
     trainer.fit(task, datamodule=dm)
     ckpt = torch.load(checkpoint.last_model_path, weights_only=True)
     assert list(ckpt["datamodule_hyper_parameters"]["climate_models"]) == MODELS
-    saved = ckpt["ClimateSetDataModule"]
-    for key, value in dm.statistics.items():
+    saved = ckpt["ClimateSetDataModule"]["train_statistics"]
+    for key, value in stats.items():
         torch.testing.assert_close(saved[key], value)
     # A fresh datamodule restored from the checkpoint uses the checkpoint's statistics.
     restored = datamodule(root)
-    restored.statistics = {k: v + 1 for k, v in dm.statistics.items()}
+    restored.load_state_dict({"train_statistics": {k: v + 1 for k, v in stats.items()}})
     Trainer(**trainer_kwargs).test(
         task, datamodule=restored, ckpt_path=checkpoint.last_model_path, verbose=False
     )
-    torch.testing.assert_close(restored.statistics["out_mean"], dm.statistics["out_mean"])
+    torch.testing.assert_close(restored.train_statistics()["y_mean"], stats["y_mean"])
+
+
+def test_checkpoint_with_other_variables_is_refused(root: Path) -> None:
+    saved = datamodule(root, out_vars=["tas"]).train_statistics()
+    state = {"train_statistics": saved}
+    with pytest.raises(ValueError, match=r"'y_mean' has shape \(2, 1\).*expects \(2, 2\)"):
+        datamodule(root).load_state_dict(state)
+    fewer_inputs = datamodule(root, in_vars=["CO2_sum"])
+    with pytest.raises(ValueError, match=r"'x_mean' has shape \(2, 1\).*expects \(2, 4\)"):
+        datamodule(root).load_state_dict({"train_statistics": fewer_inputs.train_statistics()})
+    missing = {k: v for k, v in saved.items() if k != "x_std"}
+    with pytest.raises(ValueError, match=r"statistics are \['x_mean', 'y_mean', 'y_std'\]"):
+        datamodule(root, out_vars=["tas"]).load_state_dict({"train_statistics": missing})
 
 
 def test_prepare_data_generates_only_when_asked(tmp_path: Path) -> None:
@@ -180,35 +205,38 @@ def test_in_memory_datamodule_matches_lazy(root: Path) -> None:
     for dm in (lazy, cached):
         dm.setup("fit")
     assert cached.train_dataset._cache is not None and lazy.train_dataset._cache is None
-    for key, value in lazy.statistics.items():
-        torch.testing.assert_close(cached.statistics[key], value)
+    for key, value in lazy.train_statistics().items():
+        torch.testing.assert_close(cached.train_statistics()[key], value)
 
 
 def test_climatology_normalisation(root: Path) -> None:
     dm = datamodule(root, normalization="climatology", batch_size=6)
     dm.setup("fit")
+    stats = dm.train_statistics()
     train = list(dm.train_dataset)
-    assert dm.statistics["out_mean"].shape == (2, 12, 2, *GRID)
+    assert stats["y_mean"].shape == (2, 12, 2, *GRID) and stats["y_std"].shape == (2, 2)
     for model_id in range(2):
         y = torch.stack([s["y"] for s in train if int(s["model_id"]) == model_id]).double()
         climatology = y.mean(0)
-        torch.testing.assert_close(dm.statistics["out_mean"][model_id], climatology)
+        torch.testing.assert_close(stats["y_mean"][model_id], climatology)
         anomaly_std = ((y - climatology) ** 2).mean(dim=(0, 1, 3, 4)).sqrt()
-        torch.testing.assert_close(dm.statistics["out_std"][model_id], anomaly_std)
+        torch.testing.assert_close(stats["y_std"][model_id], anomaly_std)
     raw = next(iter(dm.val_dataloader()))
-    batch = dm.on_after_batch_transfer(dict(raw), 0)
-    assert batch["y_mean"].shape == (6, 12, 2, *GRID) and batch["y_std"].shape == (6, 1, 2, 1, 1)
-    torch.testing.assert_close(
-        batch["y"] * batch["y_std"] + batch["y_mean"], raw["y"], rtol=1e-5, atol=1e-6
-    )
+    norm = Normalizer("y", "zscore", channel_dim=2, grouped=True)
+    norm.fit(stats)
+    z = norm(raw["y"], raw["model_id"])
+    torch.testing.assert_close(norm.inverse(z, raw["model_id"]), raw["y"], rtol=1e-5, atol=1e-4)
     # A zero (normalised) prediction is the climatology of the sample's own climate model.
-    expected = dm.statistics["out_mean"][raw["model_id"]].float()
-    torch.testing.assert_close(batch["y_mean"], expected)
+    expected = stats["y_mean"][raw["model_id"]].float()
+    torch.testing.assert_close(norm.inverse(torch.zeros_like(z), raw["model_id"]), expected)
+    with pytest.raises(ValueError, match=r"scale \(2, 3\) must have the same shape, or the scale"):
+        norm.set_statistics(stats["y_mean"], torch.ones(2, 3))
     other = datamodule(root, normalization="climatology")
     other.load_state_dict(dm.state_dict())
-    torch.testing.assert_close(other.statistics["out_mean"], dm.statistics["out_mean"])
+    torch.testing.assert_close(other.train_statistics()["y_mean"], stats["y_mean"])
     with pytest.raises(
-        ValueError, match=r"'out_mean' have shape \(2, 12, 2, 8, 12\), expected \(2, 2\)"
+        ValueError,
+        match=r"'y_mean' has shape \(2, 12, 2, 8, 12\), this configuration expects \(2, 2\)",
     ):
         datamodule(root).load_state_dict(dm.state_dict())
     with pytest.raises(ValueError, match="normalization must be 'variable' or 'climatology'"):

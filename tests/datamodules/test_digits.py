@@ -30,7 +30,7 @@ def test_split_is_seeded() -> None:
     assert not np.array_equal(a, c)
 
 
-def test_samples_and_train_normalisation() -> None:
+def test_samples_and_train_statistics() -> None:
     dm = DigitsDataModule(batch_size=16)
     dm.setup("fit")
     sample = dm.train_dataset[0]
@@ -39,16 +39,23 @@ def test_samples_and_train_normalisation() -> None:
     assert sample["label"].dtype == torch.int64 and sample["label"].ndim == 0
     raw = load_digits()
     i = int(sample["index"])
-    expected = (torch.as_tensor(raw.images[i], dtype=torch.float32) / 16 - dm.mean) / dm.std
-    torch.testing.assert_close(sample["image"][0], expected)
+    # samples are pixel counts scaled to [0, 1], never standardised
+    torch.testing.assert_close(sample["image"][0], torch.as_tensor(raw.images[i]).float() / 16)
     assert int(sample["label"]) == raw.target[i]
     train = torch.stack([dm.train_dataset[k]["image"] for k in range(len(dm.train_dataset))])
-    # statistics come from the training split: it is standardised exactly
-    assert abs(float(train.mean())) < 1e-5
-    assert abs(float(train.std()) - 1) < 1e-3
+    stats = dm.train_statistics()
+    # statistics come from the training split: standardising with them is exact there
+    standardised = (train - stats["image_mean"]) / stats["image_std"]
+    assert abs(float(standardised.mean())) < 1e-5
+    assert abs(float(standardised.std()) - 1) < 1e-3
+    everything = torch.as_tensor(raw.images).float() / 16
+    assert abs(float(everything.mean() - stats["image_mean"])) > 1e-6
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (16, 1, 8, 8)
-    assert dm.state_dict() == {"mean": dm.mean, "std": dm.std}
+    saved = dm.state_dict()
+    assert set(saved) == {"train_statistics"}
+    assert set(saved["train_statistics"]) == {"image_mean", "image_std"}
+    torch.testing.assert_close(saved["train_statistics"]["image_std"], stats["image_std"])
 
 
 def test_image_size_resizes() -> None:

@@ -53,18 +53,33 @@ def test_target_statistics_come_from_the_training_split(root: Path) -> None:
     dm.setup("fit")
     targets = torch.tensor(
         [dm.train_dataset[i].y_relaxed.item() for i in range(len(dm.train_dataset))]
-    )
-    assert dm.target_mean == pytest.approx(targets.double().mean().item(), abs=1e-6)
-    assert dm.target_std == pytest.approx(targets.double().std().item(), abs=1e-6)
+    ).double()
+    stats = dm.train_statistics()
+    assert set(stats) == {"y_relaxed_mean", "y_relaxed_std"}
+    assert stats["y_relaxed_mean"].item() == pytest.approx(targets.mean().item(), abs=1e-6)
+    assert stats["y_relaxed_std"].item() == pytest.approx(targets.std().item(), abs=1e-6)
+    every = torch.tensor([dm.train_dataset.dataset[i].y_relaxed.item() for i in range(16)])
+    assert stats["y_relaxed_mean"].item() != pytest.approx(every.double().mean().item(), abs=1e-6)
+    # samples keep the physical target (eV), they are not standardised
+    assert dm.train_dataset[0].y_relaxed.item() == pytest.approx(targets[0].item())
     fixed = OC20DataModule(
         root=str(root), target_mean=-1.525913953781128, target_std=2.279365062713623
     )
-    fixed.setup("fit")
-    assert fixed.target_mean == -1.525913953781128
-    assert fixed.state_dict() == {
-        "target_mean": -1.525913953781128,
-        "target_std": 2.279365062713623,
-    }
+    fixed_stats = fixed.train_statistics()  # no pass over the targets, but the same names
+    assert fixed_stats["y_relaxed_mean"].item() == pytest.approx(-1.525913953781128)
+    assert fixed_stats["y_relaxed_std"].item() == pytest.approx(2.279365062713623)
+    saved = fixed.state_dict()
+    assert set(saved) == {"train_statistics"}
+    assert saved["train_statistics"]["y_relaxed_std"].item() == pytest.approx(2.279365062713623)
+    restored = OC20DataModule(root=str(root))
+    restored.load_state_dict(saved)
+    assert restored.train_statistics()["y_relaxed_mean"].item() == pytest.approx(-1.525913953781128)
+    s2ef = OC20DataModule(root=str(root), task="s2ef")
+    with pytest.raises(
+        ValueError,
+        match=r"statistics are \['y_relaxed_mean', 'y_relaxed_std'\] but this configuration has \['energy_mean', 'energy_std'\]",
+    ):
+        s2ef.load_state_dict(saved)
 
 
 def test_loaders_batch_pyg_graphs_with_index(root: Path) -> None:
@@ -75,7 +90,9 @@ def test_loaders_batch_pyg_graphs_with_index(root: Path) -> None:
     assert set(batch.index.tolist()) <= set(dm.split_indices["train"])
     assert bool((batch.tags != 0).all())  # rewired in the workers' transform
     names = dm.dataloader_names("val")
-    assert names[0] == "val_id" and len(dm.val_dataloader()) == len(names)
+    assert names[0] == "id" and len(dm.val_dataloader()) == len(names)
+    assert set(names) <= {"id", "ood_ads", "ood_cat", "ood_both"}
+    assert dm.dataloader_names("test")[0] == "id"
 
 
 def test_s2ef_frames_get_graphs_and_stay_with_their_system(root: Path) -> None:
@@ -88,6 +105,10 @@ def test_s2ef_frames_get_graphs_and_stay_with_their_system(root: Path) -> None:
         assert not train_sids & {sid[i] for i in dm.split_indices[name]}
     batch = next(iter(dm.train_dataloader()))
     assert batch.edge_index.shape[1] > 0 and batch.force.shape == (batch.num_nodes, 3)
+    energies = torch.tensor([base.target(i, "energy") for i in dm.split_indices["train"]])
+    stats = dm.train_statistics()
+    assert set(stats) == {"energy_mean", "energy_std"}
+    assert stats["energy_mean"].item() == pytest.approx(energies.double().mean().item(), abs=1e-6)
 
 
 def test_real_file_mode_with_upstream_pickles(tmp_path: Path) -> None:
@@ -100,14 +121,22 @@ def test_real_file_mode_with_upstream_pickles(tmp_path: Path) -> None:
         batch_size=3,
     )
     dm.setup("fit")
-    assert dm.target_mean == pytest.approx((0.871002 + 0.587996 - 4.918020) / 3, abs=1e-5)
+    assert dm.dataloader_names("val") == ["id"]  # "val_id" and "id" name the same loader
+    mean = dm.train_statistics()["y_relaxed_mean"].item()
+    assert mean == pytest.approx((0.871002 + 0.587996 - 4.918020) / 3, abs=1e-5)
     batch = next(iter(dm.val_dataloader()[0]))
     assert batch.edge_index.shape[1] == 11596  # stored edges are kept by default
 
 
 def test_missing_data_and_bad_arguments(tmp_path: Path) -> None:
-    dm = OC20DataModule(root=str(tmp_path), generate=False)
-    dm.prepare_data()
+    dm = OC20DataModule(root=str(tmp_path))
+    assert not dm.generate  # generation is opt-in
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"no OC20 LMDB files at .*is2re\. Point `root` at your copy, or set generate=True",
+    ):
+        dm.prepare_data()
+    assert not (tmp_path / "is2re").exists()
     with pytest.raises(FileNotFoundError, match="oc20_generate"):
         dm.setup("fit")
     with pytest.raises(ValueError, match="rewiring must be"):
@@ -116,6 +145,8 @@ def test_missing_data_and_bad_arguments(tmp_path: Path) -> None:
         OC20DataModule(val_fraction=0.5, test_fraction=0.5)
     with pytest.raises(ValueError, match="task must be"):
         OC20DataModule(task="is2rs")
+    with pytest.raises(ValueError, match="target_std must be positive"):
+        OC20DataModule(target_std=0.0)
 
 
 def test_dataset_used_by_datamodule_is_the_lmdb_reader(root: Path) -> None:

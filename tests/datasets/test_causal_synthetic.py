@@ -104,25 +104,46 @@ def test_blocked_split_has_no_shared_time_steps() -> None:
     assert val == [32, 33, 72, 73]  # parts of 4 steps hold 2 windows of 3
 
 
-def test_datamodule_splits_standardises_with_train_stats_and_round_trips(tmp_path: Path) -> None:
-    dm = CausalSyntheticDataModule(
-        root=tmp_path,
-        num_latents=3,
-        height=4,
-        width=4,
-        num_timesteps=400,
-        block_length=100,
-        window_length=3,
-        batch_size=8,
-    )
-    with pytest.raises(FileNotFoundError, match="prepare_data"):
+def _small_datamodule(root: Path, **kwargs: object) -> CausalSyntheticDataModule:
+    args: dict = {
+        "num_latents": 3,
+        "height": 4,
+        "width": 4,
+        "num_timesteps": 400,
+        "block_length": 100,
+        "window_length": 3,
+    }
+    return CausalSyntheticDataModule(root=root, **(args | kwargs))
+
+
+def test_datamodule_missing_data_without_generate_names_root_and_the_fix(tmp_path: Path) -> None:
+    dm = _small_datamodule(tmp_path / "none")
+    assert not dm.generate  # generation is opt-in
+    for call in (dm.prepare_data, lambda: dm.setup("fit")):
+        with pytest.raises(
+            FileNotFoundError,
+            match=r"no causal synthetic data file at .*none/causal_synthetic\.npz\. Point `root` at "
+            r"your copy, or set generate=True",
+        ):
+            call()
+    assert not (tmp_path / "none").exists()
+
+
+def test_datamodule_splits_raw_windows_with_train_stats_and_round_trips(tmp_path: Path) -> None:
+    dm = _small_datamodule(tmp_path, batch_size=8, generate=True, data_seed=5)
+    with pytest.raises(FileNotFoundError, match="set generate=True"):
         dm.setup("fit")
     dm.prepare_data()
     dm.setup("fit")
-    raw = read_causal_synthetic(dm.path)["x"]
+    data = read_causal_synthetic(dm.path)
+    assert data["params"]["seed"] == 5  # data_seed seeds the generator
+    raw = data["x"]
     train_values = np.concatenate([raw[b : b + 80] for b in range(0, 400, 100)])
-    assert dm.mean == pytest.approx(float(train_values.mean()), rel=1e-5)
-    assert dm.std == pytest.approx(float(train_values.std()), rel=1e-5)
+    stats = dm.train_statistics()
+    assert set(stats) == {"x_mean", "x_std"}
+    assert stats["x_mean"].item() == pytest.approx(float(train_values.mean()), rel=1e-5)
+    assert stats["x_std"].item() == pytest.approx(float(train_values.std()), rel=1e-5)
+    assert stats["x_mean"].item() != pytest.approx(float(raw.mean()), rel=1e-5)
     assert (
         len(dm.train_dataset) == 4 * 78
         and len(dm.val_dataset) == 4 * 8
@@ -130,29 +151,29 @@ def test_datamodule_splits_standardises_with_train_stats_and_round_trips(tmp_pat
     )
     sample = dm.val_dataset[1]
     assert sample["x"].shape == (3, 1, 4, 4) and int(sample["index"]) == 1
-    torch.testing.assert_close(sample["x"], torch.as_tensor((raw[81:84] - dm.mean) / dm.std))
-    assert dm.ground_truth_graph.shape == (1, 3, 3) and dm.ground_truth_mixing.shape == (1, 16, 3)
+    torch.testing.assert_close(sample["x"], torch.as_tensor(raw[81:84]))  # raw, not standardised
+    graph, mixing = dm.ground_truth()
+    assert graph.shape == (1, 3, 3) and mixing.shape == (1, 16, 3)
     batch = next(iter(dm.train_dataloader()))
     assert batch["x"].shape == (8, 3, 1, 4, 4)
 
-    other = CausalSyntheticDataModule(
-        root=tmp_path,
-        num_latents=3,
-        height=4,
-        width=4,
-        num_timesteps=400,
-        block_length=100,
-        window_length=3,
-    )
-    other.load_state_dict({"mean": 1.5, "std": 2.0})
+    other = _small_datamodule(tmp_path, data_seed=5)
+    saved = {"train_statistics": {"x_mean": torch.tensor(1.5), "x_std": torch.tensor(2.0)}}
+    other.load_state_dict(saved)
     other.setup("fit")
-    assert other.state_dict() == {"mean": 1.5, "std": 2.0}
-    torch.testing.assert_close(other.val_dataset[1]["x"], torch.as_tensor((raw[81:84] - 1.5) / 2.0))
+    assert other.state_dict() == saved  # restored statistics are not recomputed by setup
+    torch.testing.assert_close(other.val_dataset[1]["x"], torch.as_tensor(raw[81:84]))
+    with pytest.raises(
+        ValueError, match=r"'x_mean' has shape \(3,\), this configuration expects \(\)"
+    ):
+        other.load_state_dict(
+            {"train_statistics": {"x_mean": torch.zeros(3), "x_std": torch.ones(3)}}
+        )
 
 
 def test_datamodule_refuses_a_file_made_with_other_arguments(tmp_path: Path) -> None:
     CausalSyntheticDataModule(
-        root=tmp_path, num_latents=3, height=4, width=4, num_timesteps=200
+        root=tmp_path, num_latents=3, height=4, width=4, num_timesteps=200, generate=True
     ).prepare_data()
     dm = CausalSyntheticDataModule(
         root=tmp_path, num_latents=4, height=4, width=4, num_timesteps=200

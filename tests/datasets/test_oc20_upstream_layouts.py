@@ -121,7 +121,7 @@ def test_nan_energy_is_an_error_naming_the_entry_not_a_nan_statistic(
     # the datamodule computes its statistics through `target`, so it stops with the same error
     dm = OC20DataModule(task="s2ef", train_path=str(tmp_path / "data.lmdb"), allow_pickle=True)
     with pytest.raises(ValueError, match=r"entry 1 of .*data.lmdb: energy is nan"):
-        dm.setup("fit")
+        dm.train_statistics()
 
 
 def test_npz_entries_keep_text_identifiers(tmp_path: Path, entries) -> None:

@@ -79,6 +79,8 @@ class BaseDataModule(LightningDataModule):
     latitudes: Tensor | None = None
     #: data set name used in error messages.
     data_name: ClassVar[str] = "data"
+    #: the arguments that decide the statistics' names and shapes, named in mismatch errors.
+    statistics_arguments: ClassVar[str] = "variables, models, normalisation"
 
     def __init__(self, batch_size: int = 32, num_workers: int = 0, seed: int = 0) -> None:
         super().__init__()
@@ -159,7 +161,7 @@ class BaseDataModule(LightningDataModule):
                 raise ValueError(
                     f"{name}: the {origin} statistic {key!r} has shape {tuple(value.shape)}, this "
                     f"configuration expects {tuple(reference[key].shape)}; use the datamodule "
-                    "arguments (variables, models, normalisation) the checkpoint was made with."
+                    f"arguments ({self.statistics_arguments}) the checkpoint was made with."
                 )
 
     def ground_truth(self) -> tuple[Tensor, Tensor] | None:

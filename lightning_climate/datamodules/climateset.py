@@ -121,6 +121,11 @@ class ClimateSetDataModule(BaseDataModule):
             while ``train_years`` are the SSPs' years; ``None`` uses ``train_years`` for it too.
     """
 
+    data_name = "ClimateSet tree"
+    statistics_arguments = (
+        "climate_models, in_vars, out_vars, cumulative_co2, normalization, seq_to_seq"
+    )
+
     def __init__(
         self,
         root: str = "data/climateset",

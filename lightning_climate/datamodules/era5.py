@@ -57,6 +57,7 @@ class ERA5DataModule(BaseDataModule):
     """
 
     data_name = "ERA5 files"
+    statistics_arguments = "variables, levels"
 
     def __init__(
         self,

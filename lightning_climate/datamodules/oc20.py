@@ -113,6 +113,7 @@ class OC20DataModule(BaseDataModule):
     """
 
     data_name = "OC20 LMDB files"
+    statistics_arguments = "task"
 
     collate_fn = Collater(dataset=None)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -27,6 +28,20 @@ register_ddp_spawn()
 def _fresh_master_port(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test's ddp_spawn Trainer picks a free port; Lightning leaves MASTER_PORT set otherwise."""
     monkeypatch.delenv("MASTER_PORT", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _close_lmdb_environments() -> Iterator[None]:
+    """Close the OC20 reader's cached LMDB environments after each test.
+
+    py-lmdb allows one environment per file and process, and it recognises files by inode: once a
+    test's temporary folder is deleted, a later test's new file can get the same inode and would be
+    refused while the old environment stays cached.
+    """
+    yield
+    module = sys.modules.get("lightning_climate.datasets.oc20_env")
+    if module is not None:
+        module.close_envs()
 
 
 @pytest.fixture

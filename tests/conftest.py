@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -196,6 +197,9 @@ class RecordRun(Callback):
         self._record("predict", trainer, pl_module)
 
 
+#: every logged name: ``{stage}_{metric}`` or ``{stage}_{loader}_{metric}``, never a doubled stage
+METRIC_NAME = re.compile(r"^(train|val|test)_(?!(train|val|test)_)\S+$")
+
 #: ``run_cli(subcommand, config, *extra, root=None, tiny=True) -> record``
 RunCLI = Callable[..., dict[str, Any]]
 
@@ -206,7 +210,8 @@ def run_cli(tmp_path: Path) -> RunCLI:
 
     The one harness of every CLI test: ``root`` sets ``data.init_args.root``; ``tiny`` limits
     every stage to two batches. Returns what :class:`RecordRun` kept (``metrics``, ``datamodule``,
-    ``task``) for fit, test and predict runs, or ``{}``.
+    ``task``) for fit, test and predict runs, or ``{}``. Every run it makes checks the naming
+    rule of docs/architecture.md on all logged names, so each example test asserts it too.
     """
     from lightning_climate.main import main
 
@@ -234,6 +239,12 @@ def run_cli(tmp_path: Path) -> RunCLI:
                 args += [f"--trainer.limit_{stage}_batches", "2"]
         RecordRun.runs.clear()
         main([*args, *extra])
-        return RecordRun.runs[-1] if RecordRun.runs else {}
+        record = RecordRun.runs[-1] if RecordRun.runs else {}
+        names = [k for k in record.get("metrics", {}) if k not in ("epoch", "step")]
+        bad = [k for k in names if not METRIC_NAME.match(k)]
+        assert not bad, (
+            f"{config.name}: names break the {{stage}}_[{{loader}}_]{{metric}} rule: {bad}"
+        )
+        return record
 
     return run

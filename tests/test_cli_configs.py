@@ -8,19 +8,17 @@ normalisers and travel in the checkpoint; and a test run from the checkpoint log
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ERA5_SAMPLE, RunCLI
+from conftest import ERA5_SAMPLE, METRIC_NAME, RunCLI
 from lightning.pytorch import LightningModule
 
 from lightning_climate.datamodules import BaseDataModule
 
 CONF = Path(__file__).parent / "conf"
 STAGES = ("train", "val", "test")
-NAME = re.compile(r"^(train|val|test)_(?!(train|val|test)_)\S+$")
 
 
 @pytest.fixture
@@ -40,7 +38,7 @@ def data_roots(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]
 
 def check_names(metrics: dict[str, float], stages: tuple[str, ...]) -> None:
     names = [k for k in metrics if k not in ("epoch", "step")]
-    bad = [k for k in names if not NAME.match(k)]
+    bad = [k for k in names if not METRIC_NAME.match(k)]
     assert not bad, f"names break the {{stage}}_[{{loader}}_]{{metric}} rule: {bad}"
     assert {k.split("_")[0] for k in names} == set(stages)
     assert all(f"{stage}_loss" in metrics for stage in stages if stage != "test")

@@ -77,7 +77,7 @@ def skill(
                     metric.update(
                         climatology[None, :, channel], sample["y"][None, :, channel].double()
                     )
-                out[(label, var)] = (result[f"test_{name}_RMSE_{var}"], metric.compute().item())
+                out[(label, var)] = (result[f"test_{name}_LatRMSE_{var}"], metric.compute().item())
     return out
 
 

@@ -27,13 +27,12 @@ from epoch_timer import EpochTimer
 from lightning.pytorch import Trainer, seed_everything
 
 from lightning_climate.datamodules import OC20DataModule
-from lightning_climate.models import PoolingEnergyHead
+from lightning_climate.models import CatalystModel, PoolingEnergyHead
 from lightning_climate.models.pooling import dense_adjacency
 from lightning_climate.models.schnet import Graph
 from lightning_climate.tasks import CatalystTask
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "oc20_is2re_phast_pooling.yaml"
-_POOL_ARGS = ("pool_clusters", "pool_mixing", "pool_loss_weight")
 HEADS: dict[str, dict[str, Any]] = {
     "pooling (K=4, mixing 0.5)": {"energy_head": "pooling"},
     "sum": {"energy_head": "sum"},
@@ -81,15 +80,19 @@ def assignment_summary(task: CatalystTask, dm: OC20DataModule) -> str:
 
 def run(config: dict[str, Any], root: str, head: dict[str, Any]) -> tuple[dict[str, float], float]:
     seed_everything(config["seed_everything"])
-    model_args = dict(config["model"]["init_args"])
-    optimizer = model_args.pop("optimizer")
-    if head["energy_head"] != "pooling":
-        for key in _POOL_ARGS:
-            model_args.pop(key, None)
-    model_args |= head
+    task_args = dict(config["model"]["init_args"])
+    optimizer = task_args.pop("optimizer")
+    model_config = task_args.pop("model")
+    if model_config["class_path"].rsplit(".", 1)[-1] != "CatalystModel":
+        raise ValueError(
+            f"--config: the task's model is {model_config['class_path']}; this benchmark swaps "
+            "the energy head of a CatalystModel, so give a config whose model is CatalystModel."
+        )
+    # the pool_* model arguments are read by the pooling head only
+    model = CatalystModel(**{**model_config["init_args"], **head})
     opt_class = getattr(torch.optim, optimizer["class_path"].rsplit(".", 1)[-1])
     task = CatalystTask(
-        **model_args, optimizer=functools.partial(opt_class, **optimizer["init_args"])
+        model, **task_args, optimizer=functools.partial(opt_class, **optimizer["init_args"])
     )
     dm = OC20DataModule(**{**config["data"]["init_args"], "root": root})
     timer = EpochTimer()

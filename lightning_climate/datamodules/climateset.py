@@ -151,7 +151,6 @@ class ClimateSetDataModule(BaseDataModule):
         train_historical_years: Sequence[int] | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
-        self.save_hyperparameters()
         self.root = Path(root)
         self.climate_models = list(climate_models)
         self.members = None if members is None else list(members)

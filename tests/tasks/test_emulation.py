@@ -195,3 +195,18 @@ def test_paper_configs_parse(config: Path, capsys: pytest.CaptureFixture[str]) -
         == source["model"]["init_args"]["optimizer"]["init_args"]["lr"]
     )
     assert printed["trainer"]["gradient_clip_val"] == 1.0
+
+
+def test_fits_with_a_logger_when_out_vars_come_from_the_datamodule(
+    root: Path, trainer_kwargs: dict[str, Any], tmp_path: Path
+) -> None:
+    """Lightning merges the module's and the datamodule's hparams for a logger: no clash."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    dm = datamodule(root, climate_models=MODELS[:1])
+    task = EmulationTask(UNet(4, 2, base_channels=2, depth=1))
+    kwargs = trainer_kwargs | {"logger": CSVLogger(tmp_path)}
+    trainer = Trainer(max_steps=1, limit_val_batches=1, **kwargs)
+    trainer.fit(task, datamodule=dm)
+    assert task.out_vars() == ["tas", "pr"]
+    assert {"train_LatRMSE_tas", "train_LatRMSE_pr"} <= set(trainer.callback_metrics)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -17,6 +18,9 @@ from ddp_utils import register_ddp_spawn
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 matplotlib.use("agg")
+# Lightning stops propagating its log records when imported before logging has a handler (as here,
+# at conftest import); let them reach pytest's caplog again.
+logging.getLogger("lightning.pytorch").propagate = True
 
 # The suite runs on 2 cores; several DDP tests start 2 processes each, so keep each one single-threaded.
 os.environ.setdefault("OMP_NUM_THREADS", "1")

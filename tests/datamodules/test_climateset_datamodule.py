@@ -150,7 +150,6 @@ def test_state_dict_round_trip_and_checkpoint(
     trainer = Trainer(max_steps=1, limit_val_batches=1, callbacks=[checkpoint], **trainer_kwargs)
     trainer.fit(task, datamodule=dm)
     ckpt = torch.load(checkpoint.last_model_path, weights_only=True)
-    assert list(ckpt["datamodule_hyper_parameters"]["climate_models"]) == MODELS
     saved = ckpt["ClimateSetDataModule"]["train_statistics"]
     for key, value in stats.items():
         torch.testing.assert_close(saved[key], value)

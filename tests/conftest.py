@@ -11,6 +11,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+# The suite runs on 2 cores; several DDP tests start 2 processes each, so keep each one
+# single-threaded. Set before torch is imported (torch reads it once), so this process and the
+# subprocesses it starts compute with the same thread count (same float reductions).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import matplotlib
 import pytest
 import torch
@@ -22,8 +27,6 @@ matplotlib.use("agg")
 # at conftest import); let them reach pytest's caplog again.
 logging.getLogger("lightning.pytorch").propagate = True
 
-# The suite runs on 2 cores; several DDP tests start 2 processes each, so keep each one single-threaded.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # strategy="ddp_spawn" workers destroy their gloo group before exiting (see tests/ddp_utils.py).
 register_ddp_spawn()

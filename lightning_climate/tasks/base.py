@@ -106,14 +106,19 @@ class BaseTask(LightningModule):
         """``"{stage}_"`` or ``"{stage}_{loader}_"``: the prefix of every logged name."""
         return f"{stage}_" if loader in (None, stage) else f"{stage}_{loader}_"
 
+    def datamodule_attribute(self, name: str) -> Any:
+        """An attribute of the attached datamodule (``channels``, ``latitudes``, ...), or ``None``."""
+        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        return getattr(datamodule, name, None)
+
     def loader_names(self, stage: str) -> list[str]:
         """Names of the loaders of ``stage``, from the datamodule (``[stage]`` when unnamed)."""
         if stage not in self._loader_names:
-            datamodule = self._trainer.datamodule if self._trainer is not None else None
+            dataloader_names = self.datamodule_attribute("dataloader_names")
             names = None
-            if datamodule is not None and hasattr(datamodule, "dataloader_names"):
+            if dataloader_names is not None:
                 try:
-                    names = list(datamodule.dataloader_names(stage))
+                    names = list(dataloader_names(stage))
                 except MisconfigurationException:  # the datamodule has no such split yet
                     names = None
             if names is None:

@@ -151,8 +151,7 @@ class DownscalingTask(BaseTask):
         count = self.hparams["in_channels"]
         if count == 1:
             return ["LatRMSE"]
-        datamodule = self._trainer.datamodule if self._trainer is not None else None
-        names = getattr(datamodule, "channels", None)
+        names = self.datamodule_attribute("channels")
         if not (isinstance(names, list | tuple) and len(names) == count):
             names = [str(c) for c in range(count)]
         return [f"LatRMSE_{name}" for name in names]

@@ -69,13 +69,10 @@ class EmulationTask(BaseTask):
         """z-scores of ``x`` and ``y`` per climate model (``model_id``) and variable."""
         return {key: Normalizer(key, "zscore", channel_dim=2, grouped=True) for key in ("x", "y")}
 
-    def _datamodule_attribute(self, name: str) -> object:
-        return getattr(self._trainer.datamodule, name, None) if self._trainer is not None else None
-
     def _latitudes(self) -> Tensor:
         latitudes = self.hparams["latitudes"]
         if latitudes is None:
-            latitudes = self._datamodule_attribute("latitudes")
+            latitudes = self.datamodule_attribute("latitudes")
         if latitudes is None:
             raise ValueError(
                 "EmulationTask needs the grid latitudes: pass `latitudes=` or use a datamodule "
@@ -85,7 +82,7 @@ class EmulationTask(BaseTask):
 
     def out_vars(self) -> list[str]:
         """Names of the output variables: ``out_vars``, the datamodule's ``channels``, or indices."""
-        names = self.hparams["out_vars"] or self._datamodule_attribute("channels")
+        names = self.hparams["out_vars"] or self.datamodule_attribute("channels")
         if names is None:
             raise ValueError(
                 "EmulationTask needs the output variable names: pass `out_vars=` or use a "

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ERA5_SAMPLE, METRIC_NAME, RunCLI
+from conftest import ERA5_SAMPLE, RunCLI
 from lightning.pytorch import LightningModule
 
 from lightning_climate.datamodules import BaseDataModule
@@ -36,10 +36,9 @@ def data_roots(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]
     }
 
 
-def check_names(metrics: dict[str, float], stages: tuple[str, ...]) -> None:
+def check_stages(metrics: dict[str, float], stages: tuple[str, ...]) -> None:
+    """Every stage run logged, with its loss (``run_cli`` already checked each name's form)."""
     names = [k for k in metrics if k not in ("epoch", "step")]
-    bad = [k for k in names if not METRIC_NAME.match(k)]
-    assert not bad, f"names break the {{stage}}_[{{loader}}_]{{metric}} rule: {bad}"
     assert {k.split("_")[0] for k in names} == set(stages)
     assert all(f"{stage}_loss" in metrics for stage in stages if stage != "test")
 
@@ -80,14 +79,14 @@ def test_config_fits_and_tests_under_one_contract(
     torch.manual_seed(0)
     root = next(iter(data_roots.values()), None)
     fit = run_cli("fit", CONF / config, root=root)
-    check_names(fit["metrics"], ("train", "val"))
+    check_stages(fit["metrics"], ("train", "val"))
     check_datamodule_contract(fit["datamodule"], fit["task"])
     (ckpt,) = tmp_path.rglob("*.ckpt")
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     (dm_state,) = [v for k, v in state.items() if k.endswith("DataModule")]
     assert set(dm_state["train_statistics"]) == set(fit["datamodule"].train_statistics())
     test = run_cli("test", CONF / config, "--ckpt_path", str(ckpt), root=root)
-    check_names(test["metrics"], ("test",))
+    check_stages(test["metrics"], ("test",))
     for normalizer, loaded in zip(
         fit["task"].normalizers.values(), test["task"].normalizers.values(), strict=True
     ):

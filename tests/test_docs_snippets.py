@@ -88,6 +88,24 @@ def check_exact_resume(ns: dict[str, Any], tmp_path: Path) -> None:
     assert all(torch.equal(ckpt["state_dict"][k], v) for k, v in final.items())
 
 
+def check_own_classifier(ns: dict[str, Any], tmp_path: Path) -> None:
+    """The module standardised with the training pixels of sklearn's digits and learned them."""
+    from sklearn.datasets import load_digits
+
+    train = ns["data"].split_indices()["train"]
+    pixels = torch.as_tensor(load_digits().images[train], dtype=torch.float32) / 16.0
+    model = ns["model"].eval()
+    assert float(model.mean) == pytest.approx(float(pixels.mean()), rel=1e-5)
+    assert float(model.std) == pytest.approx(float(pixels.std()), rel=1e-5)
+    correct = []
+    with torch.no_grad():
+        for batch in ns["data"].test_dataloader():
+            correct.append(model(batch["image"]).argmax(1) == batch["label"])
+    accuracy = float(torch.cat(correct).float().mean())
+    assert float(ns["trainer"].callback_metrics["test_acc"]) == pytest.approx(accuracy, abs=1e-6)
+    assert accuracy > 0.9
+
+
 CASES: list[tuple[str, str, Callable[[dict[str, Any], Path], None]]] = [
     (
         "constraints.md",
@@ -105,6 +123,7 @@ CASES: list[tuple[str, str, Callable[[dict[str, Any], Path], None]]] = [
         check_functional_dimension,
     ),
     ("resume.md", "Use it with your own LightningModule", check_exact_resume),
+    ("images.md", "Use it with your own LightningModule", check_own_classifier),
 ]
 
 

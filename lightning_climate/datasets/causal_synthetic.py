@@ -181,7 +181,8 @@ class CausalSyntheticDataset(Dataset[dict[str, Tensor]]):
     """Windows of a gridded series: sample ``i`` starts at time ``starts[i]``.
 
     Samples are ``{"x": (window_length, V, height, width) float32, "index": int64 scalar}`` in the
-    units of the series (tasks standardise).
+    units of the series (tasks standardise); ``index`` is the window's first time step in the
+    series, so it names the same window in every split, seed and process.
 
     Args:
         series: ``(time, V, height, width)`` array.
@@ -202,4 +203,4 @@ class CausalSyntheticDataset(Dataset[dict[str, Tensor]]):
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         start = int(self.starts[index])
         window = self.series[start : start + self.window_length]
-        return {"x": window, "index": torch.tensor(index)}
+        return {"x": window, "index": self.starts[index].clone()}

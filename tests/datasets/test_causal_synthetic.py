@@ -150,7 +150,7 @@ def test_datamodule_splits_raw_windows_with_train_stats_and_round_trips(tmp_path
         and len(dm.test_dataset) == 4 * 8
     )
     sample = dm.val_dataset[1]
-    assert sample["x"].shape == (3, 1, 4, 4) and int(sample["index"]) == 1
+    assert sample["x"].shape == (3, 1, 4, 4) and int(sample["index"]) == 81
     torch.testing.assert_close(sample["x"], torch.as_tensor(raw[81:84]))  # raw, not standardised
     graph, mixing = dm.ground_truth()
     assert graph.shape == (1, 3, 3) and mixing.shape == (1, 16, 3)

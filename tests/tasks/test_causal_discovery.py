@@ -304,7 +304,7 @@ def test_predict_returns_one_step_forecasts_with_index(
     task.normalizers["x"].fit(dm.train_statistics())
     batches = Trainer(**trainer_kwargs).predict(task, dm)
     assert batches[0]["prediction"].shape == (16, 2, 1, 16)
-    assert torch.equal(batches[0]["index"], torch.arange(16))
+    assert torch.equal(batches[0]["index"], dm.predict_dataset.starts[:16])  # first time steps
     task.eval()  # deterministic: posterior means and edge probabilities
     # the datamodule gives physical values; the task forecasts their standardised windows
     stats = dm.train_statistics()

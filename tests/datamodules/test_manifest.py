@@ -44,20 +44,6 @@ def download(tmp_path: Path, navier_stokes_file: Path) -> Path:
     return folder
 
 
-@pytest.fixture
-def hashed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Names of the files hashed, in order."""
-    calls: list[str] = []
-    digest = integrity._digest
-
-    def counting(path: Path, algorithm: str, progress: object = None) -> str:
-        calls.append(path.name)
-        return digest(path, algorithm, progress)
-
-    monkeypatch.setattr(integrity, "_digest", counting)
-    return calls
-
-
 def navier_stokes(folder: Path, manifest: Path | None) -> NavierStokesDataModule:
     return NavierStokesDataModule(
         root=folder / "ns.h5", resolution=16, val_fraction=0.25, test_fraction=0.25,
@@ -76,17 +62,17 @@ DATAMODULES: dict[str, Callable[[Path, Path], BaseDataModule]] = {
 
 
 def test_good_manifest_passes_and_the_stamp_skips_hashing(
-    download: Path, hashed: list[str]
+    download: Path, hashed_files: list[str]
 ) -> None:
     manifest = download / "SHA256SUMS"
     dm = navier_stokes(download, manifest)
     dm.prepare_data()
-    assert hashed == ["ns.h5", "README"]
+    assert hashed_files == ["ns.h5", "README"]
     assert set(read_stamp(manifest)) == {str(download / "ns.h5"), str(download / "README")}
     dm.prepare_data()  # once per process
     again = navier_stokes(download, manifest)
     again.prepare_data()  # a new run: the stamp says both files are unchanged
-    assert hashed == ["ns.h5", "README"]
+    assert hashed_files == ["ns.h5", "README"]
     again.setup("fit")
     assert len(again.train_dataset) == 16  # 4 of 8 trajectories x 4 snapshots
 
@@ -158,9 +144,9 @@ def test_yaml_route_through_the_cli(download: Path, run_cli: Callable) -> None:
     manifest = download / "SHA256SUMS"
     config = CONF / "navier_stokes_dfno.yaml"
     extra = ("--data.init_args.manifest", str(manifest))
-    record = run_cli("fit", config, *extra, root=download / "ns.h5")
+    record = run_cli("test", config, *extra, root=download / "ns.h5")
     assert record["datamodule"].manifest == manifest
     assert set(read_stamp(manifest)) == {str(download / "ns.h5"), str(download / "README")}
     flip_byte(download / "README", 3)
     with pytest.raises(ValueError, match=r"DAMAGED  README \(sha256"):
-        run_cli("fit", config, *extra, root=download / "ns.h5")
+        run_cli("test", config, *extra, root=download / "ns.h5")

@@ -1,4 +1,4 @@
-"""``verify(..., stamp=True)``: files found intact are not hashed again while they are unchanged."""
+"""``verify(..., stamp=True)``: files found intact are not hashed_files again while they are unchanged."""
 
 from __future__ import annotations
 
@@ -31,34 +31,22 @@ def manifest(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def hashed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Names of the files ``verify`` hashes, in order."""
-    calls: list[str] = []
-    digest = integrity._digest
-
-    def counting(path: Path, algorithm: str, progress: object = None) -> str:
-        calls.append(path.name)
-        return digest(path, algorithm, progress)
-
-    monkeypatch.setattr(integrity, "_digest", counting)
-    return calls
-
-
-def test_second_check_hashes_nothing(manifest: Path, hashed: list[str]) -> None:
+def test_second_check_hashes_nothing(manifest: Path, hashed_files: list[str]) -> None:
     first = verify(manifest, stamp=True)
     assert first.passed and first.ok == list(FILES) and first.stamp == stamp_path(manifest)
-    assert hashed == ["a.nc", "b.nc", "c.nc"]
+    assert hashed_files == ["a.nc", "b.nc", "c.nc"]
     recorded = read_stamp(manifest)
     assert set(recorded) == {str((manifest.parent / n).absolute()) for n in FILES}
     assert recorded[str(manifest.parent / "c.nc")]["size"] == 70
-    hashed.clear()
+    hashed_files.clear()
     second = verify(manifest, stamp=True)
-    assert second.passed and second.ok == list(FILES) and hashed == []
-    assert verify(manifest).passed and hashed == list(map(os.path.basename, FILES))  # no stamp
+    assert second.passed and second.ok == list(FILES) and hashed_files == []
+    assert verify(manifest).passed and hashed_files == list(
+        map(os.path.basename, FILES)
+    )  # no stamp
 
 
-def test_changed_files_and_lines_are_hashed_again(manifest: Path, hashed: list[str]) -> None:
+def test_changed_files_and_lines_are_hashed_again(manifest: Path, hashed_files: list[str]) -> None:
     verify(manifest, stamp=True)
     damaged = manifest.parent / "sub/b.nc"
     raw = bytearray(damaged.read_bytes())
@@ -66,45 +54,48 @@ def test_changed_files_and_lines_are_hashed_again(manifest: Path, hashed: list[s
     stat = damaged.stat()
     damaged.write_bytes(bytes(raw))
     os.utime(damaged, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # even with the old mtime back
-    hashed.clear()
+    hashed_files.clear()
     report = verify(manifest, stamp=True)
-    assert hashed == ["b.nc"] and report.ok == ["a.nc", "c.nc"]
+    assert hashed_files == ["b.nc"] and report.ok == ["a.nc", "c.nc"]
     assert [m[0] for m in report.mismatched] == ["sub/b.nc"]
     assert str(damaged.absolute()) not in read_stamp(manifest)  # a damaged file is never stamped
-    hashed.clear()
-    assert not verify(manifest, stamp=True).passed and hashed == ["b.nc"]  # still checked
+    hashed_files.clear()
+    assert not verify(manifest, stamp=True).passed and hashed_files == ["b.nc"]  # still checked
     # a changed manifest line (another digest for an unchanged file) is checked again too
     lines = manifest.read_text().splitlines()
     lines[0] = "0" * 64 + lines[0][64:]
     manifest.write_text("\n".join(lines) + "\n")
-    hashed.clear()
+    hashed_files.clear()
     report = verify(manifest, stamp=True)
-    assert hashed == ["a.nc", "b.nc"] and [m[0] for m in report.mismatched] == ["a.nc", "sub/b.nc"]
+    assert hashed_files == ["a.nc", "b.nc"] and [m[0] for m in report.mismatched] == [
+        "a.nc",
+        "sub/b.nc",
+    ]
 
 
 @pytest.mark.parametrize("content", ["not json", '{"version": 99, "files": {}}', "[]"])
 def test_unreadable_or_foreign_stamp_means_hash_again(
-    manifest: Path, hashed: list[str], content: str
+    manifest: Path, hashed_files: list[str], content: str
 ) -> None:
     stamp_path(manifest).write_text(content)
-    assert verify(manifest, stamp=True).passed and len(hashed) == 3
+    assert verify(manifest, stamp=True).passed and len(hashed_files) == 3
     assert json.loads(stamp_path(manifest).read_text())["version"] == 1  # rewritten
 
 
 def test_forged_stamp_entry_for_another_digest_is_not_trusted(
-    manifest: Path, hashed: list[str]
+    manifest: Path, hashed_files: list[str]
 ) -> None:
     verify(manifest, stamp=True)
     data = json.loads(stamp_path(manifest).read_text())
     for state in data["files"].values():
         state["digest"] = "f" * 64  # matched some other manifest, not this one
     stamp_path(manifest).write_text(json.dumps(data))
-    hashed.clear()
-    assert verify(manifest, stamp=True).passed and len(hashed) == 3
+    hashed_files.clear()
+    assert verify(manifest, stamp=True).passed and len(hashed_files) == 3
 
 
-def test_command_line_stamp(manifest: Path, hashed: list[str]) -> None:
-    assert integrity.main([str(manifest), "--stamp"]) == 0 and len(hashed) == 3
-    assert integrity.main([str(manifest), "--stamp"]) == 0 and len(hashed) == 3  # none again
+def test_command_line_stamp(manifest: Path, hashed_files: list[str]) -> None:
+    assert integrity.main([str(manifest), "--stamp"]) == 0 and len(hashed_files) == 3
+    assert integrity.main([str(manifest), "--stamp"]) == 0 and len(hashed_files) == 3  # none again
     (manifest.parent / "c.nc").unlink()
     assert integrity.main([str(manifest), "--stamp"]) == 1

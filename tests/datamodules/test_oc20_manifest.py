@@ -43,9 +43,7 @@ def datamodule(root: Path) -> OC20DataModule:
     )  # fmt: skip
 
 
-def test_intact_download_is_read_and_not_hashed_twice(
-    is2re: Path, hashed_files: list[str]
-) -> None:
+def test_intact_download_is_read_and_not_hashed_twice(is2re: Path, hashed_files: list[str]) -> None:
     assert [line.split()[1] for line in (is2re / "MD5SUMS").read_text().splitlines()] == [
         "./all/train/data.lmdb",
         "./all/val_id/data.lmdb",

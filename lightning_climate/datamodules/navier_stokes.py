@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,13 +14,12 @@ from lightning_climate.datamodules.base import BaseDataModule, renamed_argument
 from lightning_climate.datasets.downscaling import BlockMeanPairs
 from lightning_climate.datasets.navier_stokes import NavierStokesTrajectories
 from lightning_climate.datasets.navier_stokes_generate import generate_navier_stokes
+from lightning_climate.datasets.navier_stokes_neuralop import paired_test_file
 from lightning_climate.layers.constraints import block_mean
 
 __all__ = ["NavierStokesDataModule"]
 
 _FILE_SUFFIXES = (".h5", ".hdf5", ".mat", ".pt", ".pth")
-#: neuraloperator's ``PTDataset`` naming, e.g. ``nsforcing_train_128.pt`` / ``nsforcing_test_128.pt``
-_TRAIN_FILE = re.compile(r"^(?P<name>.+)_train_(?P<res>\d+)(?P<suffix>\.pth?)$")
 
 
 class NavierStokesDataModule(BaseDataModule):
@@ -173,7 +171,7 @@ class NavierStokesDataModule(BaseDataModule):
         """``root`` if it names a data file (by suffix), or the one ``*_train_<res>.pt`` in it."""
         if self.root.suffix.lower() in _FILE_SUFFIXES:
             return self.root
-        found = sorted(p for p in self.root.glob("*_train_*.pt*") if _TRAIN_FILE.match(p.name))
+        found = sorted(p for p in self.root.glob("*_train_*.pt*") if paired_test_file(p))
         if len(found) > 1:
             raise ValueError(
                 f"root={str(self.root)!r} holds several training files "
@@ -192,10 +190,7 @@ class NavierStokesDataModule(BaseDataModule):
         if self.test_root is not None or self._split_test_off_root:
             return self.test_root
         given = self._given_file()
-        match = None if given is None else _TRAIN_FILE.match(given.name)
-        if match is None:
-            return None
-        return given.with_name(f"{match['name']}_test_{match['res']}{match['suffix']}")
+        return None if given is None else paired_test_file(given)
 
     @property
     def file_path(self) -> Path:

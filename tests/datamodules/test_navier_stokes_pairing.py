@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from lightning_climate.datamodules import NavierStokesDataModule
+from lightning_climate.datasets.navier_stokes_neuralop import paired_test_file
 from lightning_climate.layers.constraints import block_mean
 
 
@@ -114,3 +115,19 @@ def test_folder_with_two_training_files_is_ambiguous(
     with pytest.raises(ValueError, match=r"holds several training files .*point `root` at the one"):
         build(folder)
     assert build(folder / "nsforcing_train_64.pt").test_file == folder / "nsforcing_test_64.pt"
+
+
+@pytest.mark.parametrize(
+    ("name", "paired"),
+    [
+        ("nsforcing_train_1024.pt", "nsforcing_test_1024.pt"),
+        ("darcy_train_16.pth", "darcy_test_16.pth"),
+        ("my_train_set_train_64.pt", "my_train_set_test_64.pt"),
+        ("nsforcing_test_128.pt", None),
+        ("ns_res64_n100_seed0.h5", None),
+        ("nsforcing_train_x.pt", None),
+    ],
+)
+def test_paired_test_file_names(name: str, paired: str | None) -> None:
+    found = paired_test_file(Path("data") / name)
+    assert found == (None if paired is None else Path("data") / paired)

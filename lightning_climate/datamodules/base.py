@@ -70,9 +70,12 @@ class BaseDataModule(LightningDataModule):
     Subclasses that provide statistics override :meth:`compute_train_statistics`, and may
     override :meth:`statistics_shapes` so a checkpoint made with another configuration is refused.
 
-    ``prepare_data`` (Lightning runs it on one process per node, before any ``setup``) ends with
-    :meth:`verify_manifest` in every subclass: subclasses write their own ``prepare_data`` and the
-    check is appended to it (:meth:`__init_subclass__`).
+    ``manifest`` is checked by :meth:`verify_manifest` at the end of ``prepare_data`` (Lightning
+    runs it on one process per node, before any ``setup``) and again, from the stamp without
+    hashing, at the start of ``setup`` on every process: subclasses write their own hooks and
+    :meth:`__init_subclass__` adds the check to them. In a run of several processes the failure is
+    raised from ``setup`` by every rank, so the message is never hidden behind another rank's
+    "connection closed".
 
     Args:
         batch_size: samples per batch in every split.
@@ -94,18 +97,25 @@ class BaseDataModule(LightningDataModule):
     statistics_arguments: ClassVar[str] = "variables, models, normalisation"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        """Append :meth:`verify_manifest` to the ``prepare_data`` a subclass defines."""
+        """Add the manifest check to the ``prepare_data`` and ``setup`` a subclass defines."""
         super().__init_subclass__(**kwargs)
-        prepare = cls.__dict__.get("prepare_data")
-        if prepare is None:
-            return
+        prepare, setup = cls.__dict__.get("prepare_data"), cls.__dict__.get("setup")
+        if prepare is not None:
 
-        @functools.wraps(prepare)
-        def prepare_data(self: BaseDataModule) -> None:
-            prepare(self)
-            self.verify_manifest()
+            @functools.wraps(prepare)
+            def prepare_data(self: BaseDataModule) -> None:
+                prepare(self)
+                self._verify_in_prepare_data()
 
-        cls.prepare_data = prepare_data  # type: ignore[method-assign]
+            cls.prepare_data = prepare_data  # type: ignore[method-assign]
+        if setup is not None:
+
+            @functools.wraps(setup)
+            def checked_setup(self: BaseDataModule, *args: Any, **kwargs: Any) -> None:
+                self.verify_manifest()
+                setup(self, *args, **kwargs)
+
+            cls.setup = checked_setup  # type: ignore[method-assign]
 
     def __init__(
         self,
@@ -204,14 +214,25 @@ class BaseDataModule(LightningDataModule):
     # ------------------------------------------------------------------ files
     def prepare_data(self) -> None:
         """Write nothing; check ``manifest`` (subclasses that write files override this)."""
-        self.verify_manifest()
+        self._verify_in_prepare_data()
+
+    def _verify_in_prepare_data(self) -> None:
+        trainer = self.trainer
+        try:
+            self.verify_manifest()
+        except (OSError, ValueError):
+            if trainer is None or trainer.world_size == 1:
+                raise
+            # Several processes: the others wait in a barrier, and whichever rank's error is shown
+            # first would hide this one. The stamp now holds every digest, so every rank raises
+            # this error from it in `setup` instead.
 
     def verify_manifest(self) -> None:
         """Check every file of ``manifest`` against its checksum before anything is read.
 
-        Files an earlier run found intact and that are unchanged since (size, times, inode) are
-        not hashed again: the check records them in ``<manifest>.verified`` (written atomically
-        next to the manifest; delete it to hash everything again). Runs once per process.
+        Files unchanged (size, times, inode) since an earlier check are not hashed again: the
+        check records every digest it finds in ``<manifest>.verified`` (written atomically next to
+        the manifest; delete it to hash everything again). Passes once per process.
 
         Raises:
             FileNotFoundError: if ``manifest`` does not exist.

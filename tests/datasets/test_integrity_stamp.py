@@ -58,16 +58,18 @@ def test_changed_files_and_lines_are_hashed_again(manifest: Path, hashed_files: 
     report = verify(manifest, stamp=True)
     assert hashed_files == ["b.nc"] and report.ok == ["a.nc", "c.nc"]
     assert [m[0] for m in report.mismatched] == ["sub/b.nc"]
-    assert str(damaged.absolute()) not in read_stamp(manifest)  # a damaged file is never stamped
+    record = read_stamp(manifest)[str(damaged.absolute())]  # recorded with the digest found
+    assert record["actual"] == report.mismatched[0][3] != record["digest"]
     hashed_files.clear()
-    assert not verify(manifest, stamp=True).passed and hashed_files == ["b.nc"]  # still checked
+    again = verify(manifest, stamp=True)  # reported again from the stamp alone
+    assert hashed_files == [] and again.mismatched == report.mismatched
     # a changed manifest line (another digest for an unchanged file) is checked again too
     lines = manifest.read_text().splitlines()
     lines[0] = "0" * 64 + lines[0][64:]
     manifest.write_text("\n".join(lines) + "\n")
     hashed_files.clear()
     report = verify(manifest, stamp=True)
-    assert hashed_files == ["a.nc", "b.nc"] and [m[0] for m in report.mismatched] == [
+    assert hashed_files == ["a.nc"] and [m[0] for m in report.mismatched] == [
         "a.nc",
         "sub/b.nc",
     ]
@@ -79,7 +81,7 @@ def test_unreadable_or_foreign_stamp_means_hash_again(
 ) -> None:
     stamp_path(manifest).write_text(content)
     assert verify(manifest, stamp=True).passed and len(hashed_files) == 3
-    assert json.loads(stamp_path(manifest).read_text())["version"] == 1  # rewritten
+    assert json.loads(stamp_path(manifest).read_text())["version"] == 2  # rewritten
 
 
 def test_forged_stamp_entry_for_another_digest_is_not_trusted(
@@ -88,7 +90,7 @@ def test_forged_stamp_entry_for_another_digest_is_not_trusted(
     verify(manifest, stamp=True)
     data = json.loads(stamp_path(manifest).read_text())
     for state in data["files"].values():
-        state["digest"] = "f" * 64  # matched some other manifest, not this one
+        state["digest"] = state["actual"] = "f" * 64  # checked against another manifest
     stamp_path(manifest).write_text(json.dumps(data))
     hashed_files.clear()
     assert verify(manifest, stamp=True).passed and len(hashed_files) == 3

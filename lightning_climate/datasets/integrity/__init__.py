@@ -6,8 +6,8 @@
   ``md5sum`` text format data providers publish (``<hex digest>  <relative path>`` per line; the
   BSD form ``SHA256 (<path>) = <hex digest>`` is read too) and reports missing and mismatching files;
   ``python -m lightning_climate.datasets.integrity MANIFEST [--root DIR]`` does the same from a shell;
-  with ``stamp=True`` the files found intact are recorded in ``<manifest>.verified``
-  (:mod:`.stamp`) and are not hashed again while their size and times are unchanged;
+  with ``stamp=True`` the digest found for each file is recorded in ``<manifest>.verified``
+  (:mod:`.stamp`) and the file is not hashed again while its size and times are unchanged;
 * :func:`check_plausible` refuses values outside the physical range of their variable
   (:data:`PLAUSIBLE_RANGES`), which catches gross corruption (flipped exponent bits, fill values
   read as data, wrong units) that a file format without checksums reads as valid numbers.
@@ -256,8 +256,8 @@ def verify(
     Args:
         manifest: the provider's ``sha256sum``/``md5sum`` list.
         root: folder the listed paths are relative to; default the manifest's folder.
-        stamp: skip the files that an earlier check recorded as intact and that have not changed
-            since (size, times, inode), and record the files found intact now (see :mod:`.stamp`).
+        stamp: reuse the digest an earlier check recorded for each file that has not changed
+            since (size, times, inode), and record the digests found now (see :mod:`.stamp`).
         progress: show a progress bar over the bytes to hash.
 
     Returns:
@@ -268,7 +268,7 @@ def verify(
     base = Path(root) if root is not None else manifest.parent
     report = VerifyReport(manifest=manifest, root=base)
     known = read_stamp(manifest) if stamp else {}
-    intact: dict[str, dict] = {}
+    records: dict[str, dict] = {}
     entries = read_manifest(manifest)
     actual: list[str | None] = [None] * len(entries)  # digest of each entry, None if missing
     pending = []
@@ -277,8 +277,9 @@ def verify(
         if not path.is_file():
             continue
         key, state = str(path.absolute()), file_state(path, algorithm, expected)
-        if known.get(key) == state:
-            actual[i], intact[key] = expected, state
+        record = known.get(key, {})
+        if {k: v for k, v in record.items() if k != "actual"} == state:
+            actual[i], records[key] = record["actual"], record
         else:
             pending.append((i, path, key, state))
     total = sum(state["size"] for *_, state in pending)
@@ -289,8 +290,7 @@ def verify(
         for i, path, key, state in pending:
             algorithm, _, expected = entries[i]
             actual[i] = _digest(path, algorithm, bar.update)
-            if actual[i] == expected:
-                intact[key] = state
+            records[key] = {**state, "actual": actual[i]}
     for (algorithm, name, expected), digest in zip(entries, actual, strict=True):
         if digest is None:
             report.missing.append(name)
@@ -299,7 +299,7 @@ def verify(
         else:
             report.mismatched.append((name, algorithm, expected, digest))
     if stamp:
-        report.stamp = write_stamp(manifest, intact)
+        report.stamp = write_stamp(manifest, records)
     return report
 
 

@@ -1,11 +1,13 @@
 """Stamp of a verified checksum manifest, so that a second run does not hash the same files again.
 
 The stamp ``<manifest>.verified`` is a small JSON file written atomically next to the manifest. For
-each file that matched its digest it records the file's absolute path, size, modification and
-change times (ns), inode, and the algorithm and digest it matched. A file is trusted without
-hashing only when all of these are unchanged: rewriting, replacing, touching or moving it, or
-changing its manifest line, makes the next check hash it again. Delete the stamp to force a full
-check (for example after a disk error that left sizes and times intact).
+each file checked it records the file's absolute path, size, modification and change times (ns),
+inode, the algorithm and expected digest of its manifest line, and the digest found (``actual``).
+That digest is reused without hashing only when all of these are unchanged: rewriting, replacing,
+touching or moving the file, or changing its manifest line, makes the next check hash it again.
+Recording damaged files too lets every process of a distributed run report the same failure from
+the stamp alone. Delete the stamp to force a full check (e.g. after a disk error that left sizes
+and times intact).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ __all__ = ["STAMP_SUFFIX", "file_state", "read_stamp", "stamp_path", "write_stam
 
 #: appended to the manifest's file name to name its stamp.
 STAMP_SUFFIX = ".verified"
-_VERSION = 1
+_VERSION = 2
 
 
 def stamp_path(manifest: str | os.PathLike[str]) -> Path:
@@ -31,7 +33,7 @@ def stamp_path(manifest: str | os.PathLike[str]) -> Path:
 
 
 def file_state(path: Path, algorithm: str, digest: str) -> dict[str, Any]:
-    """What the stamp records of a file that matched ``digest``: any change means hash again."""
+    """What identifies a file and its manifest line (expected ``digest``): any change means hash again."""
     stat = path.stat()
     return {
         "size": stat.st_size,
@@ -44,7 +46,7 @@ def file_state(path: Path, algorithm: str, digest: str) -> dict[str, Any]:
 
 
 def read_stamp(manifest: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
-    """Absolute path -> recorded state of every file the last check found intact; ``{}`` if none.
+    """Absolute path -> :func:`file_state` plus ``actual`` digest of every file last checked.
 
     An unreadable or foreign stamp counts as no stamp (the files are hashed again), never as a pass.
     """

@@ -101,3 +101,19 @@ def test_command_line_stamp(manifest: Path, hashed_files: list[str]) -> None:
     assert integrity.main([str(manifest), "--stamp"]) == 0 and len(hashed_files) == 3  # none again
     (manifest.parent / "c.nc").unlink()
     assert integrity.main([str(manifest), "--stamp"]) == 1
+
+
+def test_a_manifest_listing_itself_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "data.nc").write_bytes(b"0123")
+    for _ in range(2):  # the second run lists the first manifest
+        subprocess.run("sha256sum * > SHA256SUMS", shell=True, cwd=tmp_path, check=True)
+    with pytest.raises(
+        ValueError, match=r"SHA256SUMS lists SHA256SUMS, i\.e\. itself or its stamp"
+    ):
+        verify(tmp_path / "SHA256SUMS")
+    (tmp_path / "SHA256SUMS.verified").write_text("{}")
+    subprocess.run(
+        "sha256sum data.nc *.verified > SHA256SUMS", shell=True, cwd=tmp_path, check=True
+    )
+    with pytest.raises(ValueError, match=r"lists SHA256SUMS\.verified, i\.e\. itself"):
+        verify(tmp_path / "SHA256SUMS", stamp=True)

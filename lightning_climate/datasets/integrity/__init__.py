@@ -28,7 +28,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from lightning_climate.datasets.integrity.stamp import file_state, read_stamp, write_stamp
+from lightning_climate.datasets.integrity.stamp import (
+    file_state,
+    read_stamp,
+    stamp_path,
+    write_stamp,
+)
 
 __all__ = [
     "PLAUSIBLE_RANGES",
@@ -272,8 +277,16 @@ def verify(
     entries = read_manifest(manifest)
     actual: list[str | None] = [None] * len(entries)  # digest of each entry, None if missing
     pending = []
+    itself = {manifest.absolute(), stamp_path(manifest).absolute()}
     for i, (algorithm, name, expected) in enumerate(entries):
         path = base / name
+        if path.absolute() in itself:
+            raise ValueError(
+                f"{manifest} lists {name}, i.e. itself or its stamp, which cannot match (a file "
+                f"cannot hold its own checksum; `sha256sum * > {manifest.name}` run a second time "
+                f"lists the manifest). Remove that line, or write the manifest with a file "
+                f"pattern that leaves it out (e.g. `sha256sum *.nc > {manifest.name}`)."
+            )
         if not path.is_file():
             continue
         key, state = str(path.absolute()), file_state(path, algorithm, expected)

@@ -15,24 +15,13 @@ from __future__ import annotations
 
 import argparse
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from integrity_overhead import best_of  # interleaved best-of timing, shared by the benchmarks
 
 from lightning_climate.datasets.integrity import verify
-
-
-def best_of(repeats: int, runs: dict[str, Callable[[], object]]) -> dict[str, float]:
-    """Fastest of ``repeats`` timed calls of each run, interleaved so load drifts hit all alike."""
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {name: min(values) for name, values in times.items()}
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from lightning.pytorch import Trainer
@@ -151,3 +152,18 @@ def test_yaml_route_through_the_cli(download: Path, run_cli: Callable) -> None:
     flip_byte(download / "README", 3)
     with pytest.raises(ValueError, match=r"DAMAGED  README \(sha256"):
         run_cli("test", config, *extra, root=download / "ns.h5")
+
+
+def test_with_several_processes_every_rank_raises_from_the_stamp(
+    download: Path, hashed_files: list[str]
+) -> None:
+    flip_byte(download / "ns.h5")
+    rank0 = navier_stokes(download, download / "SHA256SUMS")
+    rank0.trainer = SimpleNamespace(world_size=2)  # what prepare_data sees under DDP
+    rank0.prepare_data()  # hashes, records, and leaves the raising to setup on every rank
+    assert hashed_files == ["ns.h5", "README"]
+    for dm in (rank0, navier_stokes(download, download / "SHA256SUMS")):  # rank 0, rank 1
+        with pytest.raises(ValueError, match=r"DAMAGED  ns\.h5 \(sha256 expected"):
+            dm.setup("fit")
+    assert hashed_files == ["ns.h5", "README"]  # the other ranks only read the stamp
+    assert rank0.train_dataset is None  # nothing was read

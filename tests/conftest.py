@@ -255,3 +255,19 @@ def run_cli(tmp_path: Path) -> RunCLI:
         return record
 
     return run
+
+
+@pytest.fixture
+def hashed_files(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Names of the files that ``integrity.verify`` hashes from now on, in order."""
+    from lightning_climate.datasets import integrity
+
+    calls: list[str] = []
+    digest = integrity._digest
+
+    def counting(path: Path, algorithm: str, progress: Any = None) -> str:
+        calls.append(path.name)
+        return digest(path, algorithm, progress)
+
+    monkeypatch.setattr(integrity, "_digest", counting)
+    return calls

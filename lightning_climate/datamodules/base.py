@@ -18,11 +18,14 @@ Vocabulary shared by the subclasses: ``root`` is where the data lives (a directo
 for single-file data sets); ``generate=True`` lets ``prepare_data`` write a generated data set
 in the real on-disk format into ``root`` when it is missing (never overwriting), while with
 ``generate=False`` missing data is an error naming ``root``; ``seed`` seeds the splits and
-``data_seed`` the generator.
+``data_seed`` the generator; ``manifest`` is a checksum list (``sha256sum``/``md5sum`` output)
+of the downloaded files, checked at the end of every ``prepare_data`` (see
+:meth:`BaseDataModule.verify_manifest`).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Callable, Mapping
@@ -31,11 +34,13 @@ from typing import Any, ClassVar, Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_climate.datamodules.sampler import ResumableDataLoader, ResumableSampler
+from lightning_climate.datasets.integrity import verify
 
 __all__ = ["BaseDataModule", "Split", "renamed_argument"]
 
@@ -65,10 +70,19 @@ class BaseDataModule(LightningDataModule):
     Subclasses that provide statistics override :meth:`compute_train_statistics`, and may
     override :meth:`statistics_shapes` so a checkpoint made with another configuration is refused.
 
+    ``manifest`` is checked by :meth:`verify_manifest` at the end of ``prepare_data`` (Lightning
+    runs it on one process per node, before any ``setup``) and again, from the stamp without
+    hashing, at the start of ``setup`` on every process: subclasses write their own hooks and
+    :meth:`__init_subclass__` adds the check to them. In a run of several processes the failure is
+    raised from ``setup`` by every rank, so the message is never hidden behind another rank's
+    "connection closed".
+
     Args:
         batch_size: samples per batch in every split.
         num_workers: worker processes of each :class:`~torch.utils.data.DataLoader`.
         seed: seed of every random split, identical on all ranks.
+        manifest: checksum list of the data files (``sha256sum``/``md5sum`` output or BSD
+            ``--tag`` lines; relative paths are relative to the manifest's folder), or ``None``.
     """
 
     #: collate function handed to every loader; ``None`` uses PyTorch's default (dicts of tensors).
@@ -82,7 +96,34 @@ class BaseDataModule(LightningDataModule):
     #: the arguments that decide the statistics' names and shapes, named in mismatch errors.
     statistics_arguments: ClassVar[str] = "variables, models, normalisation"
 
-    def __init__(self, batch_size: int = 32, num_workers: int = 0, seed: int = 0) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Add the manifest check to the ``prepare_data`` and ``setup`` a subclass defines."""
+        super().__init_subclass__(**kwargs)
+        prepare, setup = cls.__dict__.get("prepare_data"), cls.__dict__.get("setup")
+        if prepare is not None:
+
+            @functools.wraps(prepare)
+            def prepare_data(self: BaseDataModule) -> None:
+                prepare(self)
+                self._verify_in_prepare_data()
+
+            cls.prepare_data = prepare_data  # type: ignore[method-assign]
+        if setup is not None:
+
+            @functools.wraps(setup)
+            def checked_setup(self: BaseDataModule, *args: Any, **kwargs: Any) -> None:
+                self.verify_manifest()
+                setup(self, *args, **kwargs)
+
+            cls.setup = checked_setup  # type: ignore[method-assign]
+
+    def __init__(
+        self,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        seed: int = 0,
+        manifest: str | os.PathLike[str] | None = None,
+    ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}.")
@@ -91,6 +132,8 @@ class BaseDataModule(LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
+        self.manifest = None if manifest is None else Path(manifest)
+        self._manifest_verified = False
         self.train_dataset: Dataset[Any] | None = None
         self.val_dataset: Dataset[Any] | Mapping[str, Dataset[Any]] | None = None
         self.test_dataset: Dataset[Any] | Mapping[str, Dataset[Any]] | None = None
@@ -167,6 +210,65 @@ class BaseDataModule(LightningDataModule):
     def ground_truth(self) -> tuple[Tensor, Tensor] | None:
         """The true latent graph and mixing of synthetic data, or ``None`` (real data)."""
         return None
+
+    # ------------------------------------------------------------------ files
+    def prepare_data(self) -> None:
+        """Write nothing; check ``manifest`` (subclasses that write files override this)."""
+        self._verify_in_prepare_data()
+
+    def _verify_in_prepare_data(self) -> None:
+        trainer = self.trainer
+        try:
+            self.verify_manifest()
+        except (OSError, ValueError):
+            if trainer is None or trainer.world_size == 1:
+                raise
+            # Several processes: the others wait in a barrier, and whichever rank's error is shown
+            # first would hide this one. The stamp now holds every digest, so every rank raises
+            # this error from it in `setup` instead.
+
+    def verify_manifest(self) -> None:
+        """Check every file of ``manifest`` against its checksum before anything is read.
+
+        Files unchanged (size, times, inode) since an earlier check are not hashed again: the
+        check records every digest it finds in ``<manifest>.verified`` (written atomically next to
+        the manifest; delete it to hash everything again). Passes once per process.
+
+        Raises:
+            FileNotFoundError: if ``manifest`` does not exist.
+            ValueError: naming every listed file that is missing or whose checksum differs, and
+                the fix; or if the manifest lists no file.
+        """
+        if self.manifest is None or self._manifest_verified:
+            return
+        name = type(self).__name__
+        if not self.manifest.is_file():
+            raise FileNotFoundError(
+                f"{name}: manifest={str(self.manifest)!r} does not exist. Point `manifest` at "
+                "the checksum list of your download (e.g. written by `sha256sum FILES > "
+                "SHA256SUMS` in the data folder), or remove the argument."
+            )
+        report = verify(self.manifest, stamp=True, progress=True)
+        checked = len(report.ok) + len(report.missing) + len(report.mismatched)
+        if not checked:
+            raise ValueError(
+                f"{name}: manifest={str(self.manifest)!r} lists no file; point it at a checksum "
+                "list (`<digest>  <path>` lines), or remove the argument."
+            )
+        if not report.passed:
+            raise ValueError(
+                f"{name}: the data does not match manifest={str(self.manifest)!r}, so nothing "
+                f"was read.\n{report}\nFix: download the files marked MISSING or DAMAGED again "
+                "(only they are hashed on the next run), or remove `manifest` to skip the check."
+            )
+        if report.stamp is None:
+            rank_zero_warn(
+                f"{name}: could not write the stamp next to {self.manifest} (read-only folder?), "
+                "so every run hashes all its files again; copy the manifest to a writable folder "
+                "and use absolute paths in it to avoid that."
+            )
+        rank_zero_info(f"{name}: {checked} files match {self.manifest}")
+        self._manifest_verified = True
 
     # ------------------------------------------------------------------ shared helpers
     def missing_data_error(self, path: str | os.PathLike[str]) -> FileNotFoundError:

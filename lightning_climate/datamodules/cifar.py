@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -71,6 +72,8 @@ class CIFARDataModule(BaseDataModule):
         seed: seed of the train/validation split.
         val_fraction: share of the training files held out for validation.
         augment: apply crop and flip to training batches.
+        manifest: checksum list (``sha256sum``/``md5sum`` output) of the CIFAR files, checked in
+            ``prepare_data`` before anything is read (see :meth:`BaseDataModule.verify_manifest`).
     """
 
     def __init__(
@@ -82,8 +85,11 @@ class CIFARDataModule(BaseDataModule):
         seed: int = 0,
         val_fraction: float = 0.1,
         augment: bool = True,
+        manifest: str | os.PathLike[str] | None = None,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
+        super().__init__(
+            batch_size=batch_size, num_workers=num_workers, seed=seed, manifest=manifest
+        )
         if variant not in (10, 100):
             raise ValueError(f"variant must be 10 or 100, got {variant!r}.")
         if not 0 < val_fraction < 1:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -119,6 +120,8 @@ class ClimateSetDataModule(BaseDataModule):
         train_historical_years: first and last (inclusive) year of ``historical`` when it is
             among ``train_scenarios`` (upstream's ``train_historical_years``, e.g. 1850-2010),
             while ``train_years`` are the SSPs' years; ``None`` uses ``train_years`` for it too.
+        manifest: checksum list (``sha256sum``/``md5sum`` output) of the files under ``root``, checked in
+            ``prepare_data`` before anything is read (see :meth:`BaseDataModule.verify_manifest`).
     """
 
     data_name = "ClimateSet tree"
@@ -149,8 +152,11 @@ class ClimateSetDataModule(BaseDataModule):
         generate_grid_shape: Sequence[int] = (96, 144),
         cumulative_co2: bool = False,
         train_historical_years: Sequence[int] | None = None,
+        manifest: str | os.PathLike[str] | None = None,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
+        super().__init__(
+            batch_size=batch_size, num_workers=num_workers, seed=seed, manifest=manifest
+        )
         self.root = Path(root)
         self.climate_models = list(climate_models)
         self.members = None if members is None else list(members)

@@ -51,6 +51,8 @@ class ERA5DataModule(BaseDataModule):
         normalization: deprecated; only ``"none"`` is accepted (tasks normalise).
         storage_options: fsspec options for Zarr URLs; ``None`` reads ``gs://`` and ``s3://``
             anonymously (see :class:`~lightning_climate.datasets.ERA5Dataset`).
+        manifest: checksum list (``sha256sum``/``md5sum`` output) of the downloaded files, checked in
+            ``prepare_data`` before anything is read (see :meth:`BaseDataModule.verify_manifest`).
 
     Raises:
         ValueError: if a date range ends before it starts or two ranges overlap.
@@ -78,8 +80,11 @@ class ERA5DataModule(BaseDataModule):
         paths: str | Sequence[str] | None = None,
         normalization: Literal["none"] | None = None,
         storage_options: dict[str, Any] | None = None,
+        manifest: str | os.PathLike[str] | None = None,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
+        super().__init__(
+            batch_size=batch_size, num_workers=num_workers, seed=seed, manifest=manifest
+        )
         root = renamed_argument(type(self).__name__, "paths", paths, "root", root)
         if normalization is not None:
             renamed_argument(type(self).__name__, "normalization", normalization, "(none)", None)

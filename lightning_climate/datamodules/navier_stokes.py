@@ -14,6 +14,7 @@ from lightning_climate.datamodules.base import BaseDataModule, renamed_argument
 from lightning_climate.datasets.downscaling import BlockMeanPairs
 from lightning_climate.datasets.navier_stokes import NavierStokesTrajectories
 from lightning_climate.datasets.navier_stokes_generate import generate_navier_stokes
+from lightning_climate.datasets.navier_stokes_neuralop import paired_test_file
 from lightning_climate.layers.constraints import block_mean
 
 __all__ = ["NavierStokesDataModule"]
@@ -33,6 +34,14 @@ class NavierStokesDataModule(BaseDataModule):
     The test split is evaluated at every factor of ``test_factors`` from the same low-resolution
     input, e.g. ``(1, 2, 4)`` for the 1×, learned 2× and zero-shot 4× protocol of DFNO; the test
     sets are named ``x1``, ``x2``, ``x4``.
+
+    Separate test file: neuraloperator publishes train and test as two files. When ``root`` is an
+    ``<name>_train_<res>.pt`` file (e.g. ``nsforcing_train_128.pt``) or a folder holding one, the
+    test split is the matching ``<name>_test_<res>.pt`` beside it (an error if it is missing),
+    and the training file is split into train and validation only (``val_fraction``, ``seed``);
+    ``test_root`` names another test file (any format read here), and ``test_fraction > 0``
+    splits the test set off ``root`` instead. Test samples are indexed after the training file's:
+    ``index = train_samples + position in the test file``.
 
     Data (``root``): a folder, into which ``prepare_data`` writes a set made by the
     pseudo-spectral solver of :mod:`lightning_climate.datasets.navier_stokes_solver` when
@@ -57,13 +66,18 @@ class NavierStokesDataModule(BaseDataModule):
         dt: solver time step.
         data_seed: seed of the generated initial conditions.
         val_fraction: fraction of trajectories for validation.
-        test_fraction: fraction of trajectories for testing.
+        test_fraction: fraction of trajectories of ``root`` for testing; ``None`` means 0.15, or
+            0 when the test split is a separate file (``test_root`` or a paired
+            ``<name>_test_<res>.pt``); a value above 0 turns the pairing off.
         batch_size: samples per batch.
         num_workers: DataLoader workers.
         seed: seed of the trajectory split.
         generate: let ``prepare_data`` write the generated file into the folder ``root``.
         data_dir: deprecated name of ``root`` (a folder).
         path: deprecated name of ``root`` (a file).
+        test_root: a separate test file; ``None`` pairs neuraloperator's files (see above).
+        manifest: checksum list (``sha256sum``/``md5sum`` output) of the data files, checked in
+            ``prepare_data`` before anything is read (see :meth:`BaseDataModule.verify_manifest`).
     """
 
     data_name = "Navier–Stokes data file"
@@ -82,17 +96,31 @@ class NavierStokesDataModule(BaseDataModule):
         dt: float = 1e-2,
         data_seed: int = 0,
         val_fraction: float = 0.15,
-        test_fraction: float = 0.15,
+        test_fraction: float | None = None,
         batch_size: int = 32,
         num_workers: int = 0,
         seed: int = 0,
         generate: bool = False,
         data_dir: str | os.PathLike[str] | None = None,
         path: str | os.PathLike[str] | None = None,
+        test_root: str | os.PathLike[str] | None = None,
+        manifest: str | os.PathLike[str] | None = None,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
+        super().__init__(
+            batch_size=batch_size, num_workers=num_workers, seed=seed, manifest=manifest
+        )
         root = renamed_argument(type(self).__name__, "data_dir", data_dir, "root", root)
         root = renamed_argument(type(self).__name__, "path", path, "root", root)
+        self.root = Path(root)
+        if test_root is not None and test_fraction:
+            raise ValueError(
+                f"test_root={str(test_root)!r} is the test split and test_fraction={test_fraction} "
+                "would split another one off root; remove one of the two arguments."
+            )
+        self.test_root = None if test_root is None else Path(test_root)
+        self._split_test_off_root = bool(test_fraction)
+        if test_fraction is None:
+            test_fraction = 0.0 if self.test_file is not None else 0.15
         for name, value in (
             ("resolution", resolution),
             ("num_trajectories", num_trajectories),
@@ -120,7 +148,6 @@ class NavierStokesDataModule(BaseDataModule):
                 "val_fraction and test_fraction must be in [0, 1) and sum to less than 1, got "
                 f"{val_fraction} and {test_fraction}."
             )
-        self.root = Path(root)
         self.resolution = resolution
         self.factor = factor
         self.lr_resolution = resolution // factor
@@ -138,17 +165,39 @@ class NavierStokesDataModule(BaseDataModule):
         self.test_fraction = test_fraction
         self.generate = generate
         self._trajectories: NavierStokesTrajectories | None = None
+        self._test_trajectories: NavierStokesTrajectories | None = None
+
+    def _given_file(self) -> Path | None:
+        """``root`` if it names a data file (by suffix), or the one ``*_train_<res>.pt`` in it."""
+        if self.root.suffix.lower() in _FILE_SUFFIXES:
+            return self.root
+        found = sorted(p for p in self.root.glob("*_train_*.pt*") if paired_test_file(p))
+        if len(found) > 1:
+            raise ValueError(
+                f"root={str(self.root)!r} holds several training files "
+                f"{[p.name for p in found]}; point `root` at the one to train on."
+            )
+        return found[0] if found else None
 
     @property
     def is_file(self) -> bool:
-        """Whether ``root`` names a data file (by suffix) rather than a folder of generated files."""
-        return self.root.suffix.lower() in _FILE_SUFFIXES
+        """Whether ``root`` names a data file, or a folder holding a ``*_train_<res>.pt`` file."""
+        return self._given_file() is not None
+
+    @property
+    def test_file(self) -> Path | None:
+        """The separate test file: ``test_root``, or the ``<name>_test_<res>.pt`` paired with root."""
+        if self.test_root is not None or self._split_test_off_root:
+            return self.test_root
+        given = self._given_file()
+        return None if given is None else paired_test_file(given)
 
     @property
     def file_path(self) -> Path:
         """The data file: ``root`` if it is a file, else the generated file named after its parameters."""
-        if self.is_file:
-            return self.root
+        given = self._given_file()
+        if given is not None:
+            return given
         name = (
             f"ns_res{self.file_resolution}_nu{self.viscosity:g}_T{self.t_final:g}"
             f"_steps{self.record_steps}_dt{self.dt:g}_n{self.num_trajectories}_seed{self.data_seed}.h5"
@@ -159,6 +208,7 @@ class NavierStokesDataModule(BaseDataModule):
         """Generate the data file if it is missing and ``generate`` is set (never overwrites)."""
         if self.file_path.exists():
             rank_zero_info(f"Navier–Stokes data: reusing {self.file_path}")
+            self._check_test_file()
             return
         if self.is_file or not self.generate:
             raise self.missing_data_error(self.file_path)
@@ -174,8 +224,24 @@ class NavierStokesDataModule(BaseDataModule):
             seed=self.data_seed,
         )
 
-    def _check_grid_sizes(self, grid: int, source: str) -> None:
-        grids = {"resolution": self.resolution}
+    def _check_test_file(self) -> None:
+        test = self.test_file
+        if test is None or test.is_file():
+            return
+        if self.test_root is not None:
+            raise FileNotFoundError(
+                f"{type(self).__name__}: test_root={str(test)!r} does not exist; point it at "
+                "your test file, or remove it to split a test set off root (test_fraction)."
+            )
+        raise FileNotFoundError(
+            f"{type(self).__name__}: the test split of {self.file_path.name} is {test.name}, which "
+            f"is not in {test.parent}. Put it there (neuraloperator ships both files in one "
+            f"archive, e.g. nsforcing_128.tgz), point test_root at your copy, or set test_fraction "
+            f"(e.g. 0.15) to split a test set off the training file instead."
+        )
+
+    def _check_grid_sizes(self, grid: int, source: str, test_only: bool = False) -> None:
+        grids = {} if test_only else {"resolution": self.resolution}
         grids.update({f"test factor {f}": self.lr_resolution * f for f in self.test_factors})
         bad = {what: size for what, size in grids.items() if grid % size}
         if bad:
@@ -209,19 +275,30 @@ class NavierStokesDataModule(BaseDataModule):
         }
 
     def setup(self, stage: str) -> None:
-        """Open the file, split trajectories and build the per-split datasets."""
+        """Open the file(s), split trajectories and build the per-split datasets."""
         if not self.file_path.exists():
             raise self.missing_data_error(self.file_path)
+        self._check_test_file()
         trajectories = NavierStokesTrajectories(self.file_path)
         self._check_grids(trajectories)
         self._trajectories = trajectories
         steps = trajectories.num_steps
         splits = self._split(trajectories.num_trajectories)
         samples = {k: [t * steps + s for t in v for s in range(steps)] for k, v in splits.items()}
-        grid = trajectories.resolution
+        grids = dict.fromkeys(("train", "val", "test"), trajectories.resolution)
+        self._test_trajectories = None
+        if self.test_file is not None:
+            test = NavierStokesTrajectories(self.test_file)
+            self._check_grid_sizes(test.resolution, str(test.path), test_only=True)
+            self._test_trajectories = test
+            offset = len(trajectories) * steps
+            samples["test"] = [offset + i for i in range(len(test) * test.num_steps)]
+            grids["test"] = test.resolution
 
         def pairs(split: str, hr_grid: int, lr_factor: int) -> BlockMeanPairs:
-            return BlockMeanPairs(self._snapshot, samples[split], grid // hr_grid, lr_factor)
+            return BlockMeanPairs(
+                self._snapshot, samples[split], grids[split] // hr_grid, lr_factor
+            )
 
         self.train_dataset = pairs("train", self.resolution, self.factor)
         self.val_dataset = pairs("val", self.resolution, self.factor)
@@ -232,9 +309,15 @@ class NavierStokesDataModule(BaseDataModule):
         self._train_indices = samples["train"]
 
     def _snapshot(self, index: int) -> torch.Tensor:
-        assert self._trajectories is not None
-        steps = self._trajectories.num_steps
-        return self._trajectories[index // steps][index % steps].unsqueeze(0)
+        """Snapshot ``index``: of the training file, or past its end of the separate test file."""
+        reader = self._trajectories
+        assert reader is not None
+        if index >= len(reader) * reader.num_steps:
+            index -= len(reader) * reader.num_steps
+            reader = self._test_trajectories
+            assert reader is not None
+        steps = reader.num_steps
+        return reader[index // steps][index % steps].unsqueeze(0)
 
     def compute_train_statistics(self) -> dict[str, torch.Tensor]:
         """``hr_min`` and ``hr_max`` (per channel) of the training targets at ``resolution``."""

@@ -110,6 +110,9 @@ class OC20DataModule(BaseDataModule):
         num_workers: DataLoader workers.
         seed: seed of the splits.
         data_seed: seed of the generated systems.
+        manifest: checksum list (``md5sum``/``sha256sum`` output) of the LMDB files, checked in
+            ``prepare_data`` before anything is read (see :meth:`BaseDataModule.verify_manifest`
+            and docs/oc20.md for how to write one for a download).
     """
 
     data_name = "OC20 LMDB files"
@@ -141,8 +144,11 @@ class OC20DataModule(BaseDataModule):
         num_workers: int = 0,
         seed: int = 0,
         data_seed: int = 0,
+        manifest: str | os.PathLike[str] | None = None,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
+        super().__init__(
+            batch_size=batch_size, num_workers=num_workers, seed=seed, manifest=manifest
+        )
         if task not in _TARGET:
             raise ValueError(f"task must be 'is2re' or 's2ef', got {task!r}.")
         if rewiring != "none" and rewiring not in _REWIRINGS:

@@ -5,7 +5,9 @@ each split as a ``torch.save`` dict with two float tensors of shape ``(N, s, s)`
 input (the forcing term of the forcing -> vorticity task of the multigrid-TFNO paper), and ``y``,
 the vorticity it produces at the final time. The files are loaded with
 ``torch.load(weights_only=True)`` (never full pickle), memory-mapped when the file is in torch's zip
-format, so a 1024^2 file is not read whole.
+format, so a 1024^2 file is not read whole. Train and test are separate files named after
+neuraloperator's ``PTDataset`` convention ``<name>_{train,test}_<res>.pt``; :func:`paired_test_file`
+gives the test file of a training file.
 """
 
 from __future__ import annotations
@@ -19,12 +21,25 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["NEURALOP_SUFFIXES", "load_neuralop_pt"]
+__all__ = ["NEURALOP_SUFFIXES", "load_neuralop_pt", "paired_test_file"]
 
 NEURALOP_SUFFIXES = (".pt", ".pth")
 """File suffixes read as neuraloperator ``.pt`` files."""
 
 _KEYS = ("x", "y")
+_TRAIN_FILE = re.compile(r"^(?P<name>.+)_train_(?P<res>\d+)(?P<suffix>\.pth?)$")
+
+
+def paired_test_file(path: str | os.PathLike[str]) -> Path | None:
+    """``<name>_test_<res>.pt`` beside a ``<name>_train_<res>.pt`` file, or ``None`` for other names.
+
+    The test file need not exist; e.g. ``nsforcing_train_128.pt`` -> ``nsforcing_test_128.pt``.
+    """
+    path = Path(path)
+    match = _TRAIN_FILE.match(path.name)
+    if match is None:
+        return None
+    return path.with_name(f"{match['name']}_test_{match['res']}{match['suffix']}")
 
 
 def load_neuralop_pt(path: str | os.PathLike[str]) -> dict[str, Tensor]:

@@ -6,6 +6,8 @@
   ``md5sum`` text format data providers publish (``<hex digest>  <relative path>`` per line; the
   BSD form ``SHA256 (<path>) = <hex digest>`` is read too) and reports missing and mismatching files;
   ``python -m lightning_climate.datasets.integrity MANIFEST [--root DIR]`` does the same from a shell;
+  with ``stamp=True`` the digest found for each file is recorded in ``<manifest>.verified``
+  (:mod:`.stamp`) and the file is not hashed again while its size and times are unchanged;
 * :func:`check_plausible` refuses values outside the physical range of their variable
   (:data:`PLAUSIBLE_RANGES`), which catches gross corruption (flipped exponent bits, fill values
   read as data, wrong units) that a file format without checksums reads as valid numbers.
@@ -19,11 +21,19 @@ import hashlib
 import os
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
+
+from lightning_climate.datasets.integrity.stamp import (
+    file_state,
+    read_stamp,
+    stamp_path,
+    write_stamp,
+)
 
 __all__ = [
     "PLAUSIBLE_RANGES",
@@ -188,11 +198,13 @@ def read_manifest(path: str | os.PathLike[str]) -> list[tuple[str, str, str]]:
     return entries
 
 
-def _digest(path: Path, algorithm: str) -> str:
+def _digest(path: Path, algorithm: str, progress: Callable[[int], object] | None = None) -> str:
     hasher = hashlib.new(algorithm)
     with path.open("rb") as file:
         while chunk := file.read(1 << 20):
             hasher.update(chunk)
+            if progress is not None:
+                progress(len(chunk))
     return hasher.hexdigest()
 
 
@@ -206,6 +218,8 @@ class VerifyReport:
     missing: list[str] = field(default_factory=list)
     #: (relative path, algorithm, expected digest, actual digest)
     mismatched: list[tuple[str, str, str, str]] = field(default_factory=list)
+    #: the stamp written by ``verify(..., stamp=True)``, or ``None`` (not asked, or not writable)
+    stamp: Path | None = None
 
     @property
     def passed(self) -> bool:
@@ -236,30 +250,69 @@ class VerifyReport:
 
 
 def verify(
-    manifest: str | os.PathLike[str], root: str | os.PathLike[str] | None = None
+    manifest: str | os.PathLike[str],
+    root: str | os.PathLike[str] | None = None,
+    *,
+    stamp: bool = False,
+    progress: bool = False,
 ) -> VerifyReport:
     """Check the files listed in a checksum manifest (see :func:`read_manifest`).
 
     Args:
         manifest: the provider's ``sha256sum``/``md5sum`` list.
         root: folder the listed paths are relative to; default the manifest's folder.
+        stamp: reuse the digest an earlier check recorded for each file that has not changed
+            since (size, times, inode), and record the digests found now (see :mod:`.stamp`).
+        progress: show a progress bar over the bytes to hash.
 
     Returns:
-        The :class:`VerifyReport`; call ``.raise_if_failed()`` to turn failures into an error.
+        The :class:`VerifyReport` (files in manifest order); call ``.raise_if_failed()`` to turn
+        failures into an error.
     """
     manifest = Path(manifest)
     base = Path(root) if root is not None else manifest.parent
     report = VerifyReport(manifest=manifest, root=base)
-    for algorithm, name, expected in read_manifest(manifest):
+    known = read_stamp(manifest) if stamp else {}
+    records: dict[str, dict] = {}
+    entries = read_manifest(manifest)
+    actual: list[str | None] = [None] * len(entries)  # digest of each entry, None if missing
+    pending = []
+    itself = {manifest.absolute(), stamp_path(manifest).absolute()}
+    for i, (algorithm, name, expected) in enumerate(entries):
         path = base / name
+        if path.absolute() in itself:
+            raise ValueError(
+                f"{manifest} lists {name}, i.e. itself or its stamp, which cannot match (a file "
+                f"cannot hold its own checksum; `sha256sum * > {manifest.name}` run a second time "
+                f"lists the manifest). Remove that line, or write the manifest with a file "
+                f"pattern that leaves it out (e.g. `sha256sum *.nc > {manifest.name}`)."
+            )
         if not path.is_file():
-            report.missing.append(name)
             continue
-        actual = _digest(path, algorithm)
-        if actual == expected:
+        key, state = str(path.absolute()), file_state(path, algorithm, expected)
+        record = known.get(key, {})
+        if {k: v for k, v in record.items() if k != "actual"} == state:
+            actual[i], records[key] = record["actual"], record
+        else:
+            pending.append((i, path, key, state))
+    total = sum(state["size"] for *_, state in pending)
+    with tqdm(
+        total=total, unit="B", unit_scale=True, desc=f"verify {manifest.name}",
+        disable=not (progress and pending),
+    ) as bar:  # fmt: skip
+        for i, path, key, state in pending:
+            algorithm, _, expected = entries[i]
+            actual[i] = _digest(path, algorithm, bar.update)
+            records[key] = {**state, "actual": actual[i]}
+    for (algorithm, name, expected), digest in zip(entries, actual, strict=True):
+        if digest is None:
+            report.missing.append(name)
+        elif digest == expected:
             report.ok.append(name)
         else:
-            report.mismatched.append((name, algorithm, expected, actual))
+            report.mismatched.append((name, algorithm, expected, digest))
+    if stamp:
+        report.stamp = write_stamp(manifest, records)
     return report
 
 
@@ -273,7 +326,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--root", type=Path, default=None, help="folder of the listed files (default: manifest's)"
     )
+    parser.add_argument(
+        "--stamp",
+        action="store_true",
+        help="record the intact files in MANIFEST.verified and skip them while they are unchanged",
+    )
     args = parser.parse_args(argv)
-    report = verify(args.manifest, args.root)
+    report = verify(args.manifest, args.root, stamp=args.stamp, progress=True)
     print(report)
     return 0 if report.passed else 1

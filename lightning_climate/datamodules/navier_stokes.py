@@ -234,7 +234,7 @@ class NavierStokesDataModule(BaseDataModule):
     def _snapshot(self, index: int) -> torch.Tensor:
         assert self._trajectories is not None
         steps = self._trajectories.num_steps
-        return self._trajectories[index // steps][index % steps].unsqueeze(0)
+        return self._trajectories.snapshot(index // steps, index % steps).unsqueeze(0)
 
     def compute_train_statistics(self) -> dict[str, torch.Tensor]:
         """``hr_min`` and ``hr_max`` (per channel) of the training targets at ``resolution``."""

@@ -175,10 +175,38 @@ class NavierStokesTrajectories(Dataset[Tensor]):
             field = self._hdf5_read("u", (..., index)).transpose(0, 2, 1)  # (T, W, H) -> (T, H, W)
         else:
             field = self._hdf5_read("vorticity", index)
+        return self._finite(field, f"trajectory {index}")
+
+    def snapshot(self, index: int, step: int) -> Tensor:
+        """Record ``step`` of trajectory ``index`` as float32 ``(H, W)``, checked to be finite.
+
+        Equals ``self[index][step]`` but reads only that record from HDF5 and ``.mat`` v7.3 files
+        (the checksummed chunk holding it, never the other records into memory), so a sampler of
+        single snapshots reads ``num_steps`` times less than one of whole trajectories.
+        """
+        index = self._check_index(index)
+        if not -self.num_steps <= step < self.num_steps:
+            raise IndexError(
+                f"step {step} is out of range for the {self.num_steps} records per trajectory of "
+                f"{self.path}."
+            )
+        step %= self.num_steps
+        if self.format == "neuralop-pt":
+            field = self._neuralop()["y"][index].to(torch.float32, copy=True).numpy()
+        elif self.format == "mat-v5":
+            field = self._mat_v5()["u"][index, :, :, step]
+        elif self.format == "mat-v7.3":
+            field = self._hdf5_read("u", (step, ..., index)).T  # (W, H) -> (H, W)
+        else:
+            field = self._hdf5_read("vorticity", (index, step))
+        return self._finite(field, f"step {step} of trajectory {index}")
+
+    def _finite(self, field: np.ndarray, what: str) -> Tensor:
+        """``field`` as a float32 tensor, or an error naming ``what`` if it holds NaN or Inf."""
         out = torch.as_tensor(np.ascontiguousarray(field), dtype=torch.float32)
         if not torch.isfinite(out).all():
             raise ValueError(
-                f"trajectory {index} of {self.path} contains NaN or infinite values; the file is "
+                f"{what} of {self.path} contains NaN or infinite values; the file is "
                 f"damaged or came from a diverged solve: {_REGENERATE} (smaller dt if it diverged)."
             )
         return out

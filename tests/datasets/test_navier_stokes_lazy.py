@@ -44,20 +44,35 @@ def test_snapshot_of_neuraloperator_file_is_y(tmp_path: Path) -> None:
         reader.snapshot(0, 1)
 
 
-def test_snapshot_reads_only_its_record(tmp_path: Path) -> None:
-    """A NaN in record 1 fails the trajectory and that record, but not record 0 next to it."""
-    path = tmp_path / "nan.h5"
-    field = np.ones((2, 3, 4, 4), dtype=np.float32)
-    field[1, 1, 2, 3] = np.nan
+def _write(path: Path, field: np.ndarray) -> Path:
+    """``field`` as ``vorticity`` in our layout: one checksummed chunk per trajectory."""
     with h5py.File(path, "w") as file:
-        file.create_dataset("vorticity", data=field, chunks=(1, 3, 4, 4), fletcher32=True)
-    reader = NavierStokesTrajectories(path)
-    with pytest.raises(ValueError, match=r"trajectory 1 of .*nan\.h5 contains NaN"):
+        file.create_dataset("vorticity", data=field, chunks=(1, *field.shape[1:]), fletcher32=True)
+    return path
+
+
+@pytest.mark.parametrize("bad", [[np.nan], [np.inf], [-np.inf], [np.inf, -np.inf]])
+def test_snapshot_reads_only_its_record(tmp_path: Path, bad: list[float]) -> None:
+    """NaN or Inf in record 1 fails the trajectory and that record, not the records next to it."""
+    field = np.ones((2, 3, 4, 4), dtype=np.float32)
+    field[1, 1, 2, : len(bad)] = bad
+    reader = NavierStokesTrajectories(_write(tmp_path / "bad.h5", field))
+    with pytest.raises(ValueError, match=r"trajectory 1 of .*bad\.h5 contains NaN or infinite"):
         reader[1]
     assert torch.equal(reader.snapshot(1, 0), torch.ones(4, 4))
     assert torch.equal(reader.snapshot(1, 2), torch.ones(4, 4))
-    with pytest.raises(ValueError, match=r"step 1 of trajectory 1 of .*nan\.h5 contains NaN"):
+    with pytest.raises(ValueError, match=r"step 1 of trajectory 1 of .*bad\.h5 contains NaN"):
         reader.snapshot(1, 1)
+
+
+def test_largest_finite_values_pass_the_finiteness_check(tmp_path: Path) -> None:
+    """The check sums in float64: float32 maxima whose float32 sum overflows are still data."""
+    field = np.full((1, 2, 4, 4), np.finfo(np.float32).max, dtype=np.float32)
+    field[0, 1] *= -1
+    assert np.isinf(field.sum(dtype=np.float32))
+    reader = NavierStokesTrajectories(_write(tmp_path / "big.h5", field))
+    assert torch.equal(reader[0], torch.from_numpy(field[0]))
+    assert torch.equal(reader.snapshot(0, 1), torch.from_numpy(field[0, 1]))
 
 
 def test_datamodule_samples_hold_one_record_in_memory(tmp_path: Path) -> None:
@@ -65,9 +80,7 @@ def test_datamodule_samples_hold_one_record_in_memory(tmp_path: Path) -> None:
     steps, size, n = 10, 64, 6
     rng = np.random.default_rng(0)
     field = rng.standard_normal((n, steps, size, size)).astype(np.float32)
-    path = tmp_path / "ns.h5"
-    with h5py.File(path, "w") as file:  # our layout: one checksummed chunk per trajectory
-        file.create_dataset("vorticity", data=field, chunks=(1, steps, size, size), fletcher32=True)
+    path = _write(tmp_path / "ns.h5", field)
     data = NavierStokesDataModule(
         root=path, resolution=size, factor=2, test_factors=(1,), val_fraction=0, test_fraction=0
     )

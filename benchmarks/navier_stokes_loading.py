@@ -7,8 +7,9 @@ trajectory records every solver step of ``dt = 1e-3`` (``t_final = steps * dt``)
 close to their Gaussian-random-field initial conditions. Then the same random snapshots are read
 with each loader through a DataLoader (0 and 2 workers): ``ours`` is the training set of
 :class:`~lightning_climate.datamodules.NavierStokesDataModule` (every trajectory in ``train``,
-``hr`` the stored field, ``lr`` its block mean, finiteness checked); ``h5py`` is the peer, one
-``h5py.File`` per process indexed ``vorticity[trajectory, step]``, with the same block mean.
+``hr`` the stored field, ``lr`` its block mean, finiteness checked); ``h5py`` is the peer, the
+``vorticity`` dataset of one ``h5py.File`` per process indexed ``[trajectory, step]``, with the same
+block mean and no checks.
 ``trajectory`` (only with ``--methods``) reads each snapshot as ``reader[trajectory][step]``, the
 datamodule's path before ``NavierStokesTrajectories.snapshot``. Each (loader, workers) run is a
 fresh subprocess: ``main`` is its peak RSS (``VmHWM``; ``ru_maxrss`` would carry the generating
@@ -41,7 +42,7 @@ DT = 1e-3
 
 
 class H5pyReader(Dataset):
-    """The peer: ``h5py.File(path)["vorticity"][trajectory, step]``, one handle per process."""
+    """The peer: ``h5py.File(path)["vorticity"]`` once per process, indexed ``[trajectory, step]``."""
 
     def __init__(self, path: Path, factor: int) -> None:
         import h5py
@@ -49,7 +50,7 @@ class H5pyReader(Dataset):
         self.path, self.factor = path, factor
         with h5py.File(path, "r") as file:
             self.trajectories, self.steps = file["vorticity"].shape[:2]
-        self._file: Any = None
+        self._vorticity: Any = None
         self._pid = -1
 
     def __len__(self) -> int:
@@ -59,13 +60,13 @@ class H5pyReader(Dataset):
         import h5py
 
         if self._pid != os.getpid():  # a forked worker opens its own handle
-            self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
-        field = self._file["vorticity"][index // self.steps, index % self.steps]
+            self._vorticity, self._pid = h5py.File(self.path, "r")["vorticity"], os.getpid()
+        field = self._vorticity[index // self.steps, index % self.steps]
         hr = torch.from_numpy(field)[None]
         return {"lr": block_mean(hr, self.factor), "hr": hr, "index": torch.tensor(index)}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_file": None, "_pid": -1}
+        return {**self.__dict__, "_vorticity": None, "_pid": -1}
 
 
 class TrajectoryReader(Dataset):

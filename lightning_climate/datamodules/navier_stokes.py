@@ -317,7 +317,7 @@ class NavierStokesDataModule(BaseDataModule):
             reader = self._test_trajectories
             assert reader is not None
         steps = reader.num_steps
-        return reader[index // steps][index % steps].unsqueeze(0)
+        return reader.snapshot(index // steps, index % steps).unsqueeze(0)
 
     def compute_train_statistics(self) -> dict[str, torch.Tensor]:
         """``hr_min`` and ``hr_max`` (per channel) of the training targets at ``resolution``."""

@@ -1,8 +1,7 @@
 """The "use it with your own LightningModule" examples of the docs run as written and do what they say.
 
 Each test takes the first ``python`` block after a heading of a doc, runs it with ``exec`` in a
-temporary folder and checks what it leaves behind against a value computed another way. The
-DifficultyScores example of docs/difficulty.md is not run: it uses the reader's own module and loader.
+temporary folder and checks what it leaves behind against a value computed another way.
 """
 
 from __future__ import annotations
@@ -14,7 +13,10 @@ from typing import Any
 
 import pytest
 import torch
+import xarray as xr
 from torch import nn
+
+from lightning_climate.analysis.scores import output_scores
 
 DOCS = Path(__file__).parents[1] / "docs"
 
@@ -78,6 +80,29 @@ def check_functional_dimension(ns: dict[str, Any], tmp_path: Path) -> None:
     assert [h["epoch"] for h in ns["fdim"].history] == [1.0, 3.0]
 
 
+def check_difficulty_scores(ns: dict[str, Any], tmp_path: Path) -> None:
+    """Eval scores are the final model's; training scores obey the definitions' identities."""
+    model = ns["trainer"].lightning_module.eval()
+    with torch.no_grad():
+        final = output_scores(model(ns["x"]), ns["y"])
+    with (
+        xr.open_zarr(tmp_path / "eval.zarr") as after,
+        xr.open_zarr(tmp_path / "training.zarr") as during,
+    ):
+        assert after["index"].values.tolist() == during["index"].values.tolist() == list(range(300))
+        assert during["global_step"].values.tolist() == [10, 20]  # 300 examples, batch 32
+        assert during.attrs["conventions"].startswith("training mode")
+        assert set(after.data_vars) == {"loss", "accuracy", "confidence", "margin", "el2n"}
+        for name in after.data_vars:
+            last = torch.from_numpy(after[name].values[-1])
+            assert torch.allclose(last, final[name], rtol=1e-5, atol=1e-7), name
+        loss, p_y = during["loss"].values, during["confidence"].values
+        assert abs(loss + torch.log(torch.from_numpy(p_y)).numpy()).max() < 1e-9
+        assert ((during["margin"].values > 0) == (during["accuracy"].values == 1)).all()
+        # scored with the weights before each step, not the end-of-epoch model
+        assert abs(loss[-1] - after["loss"].values[-1]).max() > 1e-3
+
+
 def check_exact_resume(ns: dict[str, Any], tmp_path: Path) -> None:
     """The example's own asserts compare the weights; its checkpoints load with weights_only=True."""
     names = {p.name for p in (tmp_path / "ckpts").iterdir()}
@@ -105,6 +130,11 @@ CASES: list[tuple[str, str, Callable[[dict[str, Any], Path], None]]] = [
         check_functional_dimension,
     ),
     ("resume.md", "Use it with your own LightningModule", check_exact_resume),
+    (
+        "difficulty.md",
+        "DifficultyScores: use it with your own LightningModule",
+        check_difficulty_scores,
+    ),
 ]
 
 

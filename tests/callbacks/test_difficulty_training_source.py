@@ -6,6 +6,9 @@ The reference of every value is the module's own logits, recorded inside its tra
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -263,6 +266,53 @@ def test_crash_mid_epoch_writes_no_partial_record_and_resume_matches(
         ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"),
     )
     ds = read(path)
+    assert ds["epoch"].values.tolist() == [0, 1, 2, 3]
+    for name in SCORES:
+        np.testing.assert_array_equal(ds[name].values, reference[name].values, err_msg=name)
+
+
+_KILLED_RUN = """
+import os, sys, torch
+sys.path.insert(0, {tests!r})
+from difficulty_helpers import TinyClassifier, TinyDigits
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning_climate.callbacks import DifficultyScores
+
+class Killed(TinyClassifier):
+    def training_step(self, batch, batch_idx):
+        if (self.current_epoch, batch_idx) == (2, 3):  # 3 steps of epoch 2 were captured
+            os._exit(9)
+        return super().training_step(batch, batch_idx)
+
+torch.manual_seed(0)
+trainer = Trainer(max_epochs=4, callbacks=[
+    DifficultyScores(scores={scores!r}, source="training", path={path!r}),
+    ModelCheckpoint(dirpath={ckpt!r}, save_last=True)], accelerator="cpu", logger=False,
+    enable_progress_bar=False, enable_model_summary=False, deterministic=True, default_root_dir={root!r})
+trainer.fit(Killed(), TinyDigits(shuffle=False))
+"""
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch and Lightning: about 20 s on a busy machine
+def test_hard_kill_mid_epoch_then_resume(trainer_kwargs: dict[str, Any], tmp_path: Path) -> None:
+    reference_path = tmp_path / "reference.zarr"
+    callback = DifficultyScores(scores=SCORES, source="training", path=str(reference_path))
+    train(trainer_kwargs, [callback], 4, data=TinyDigits(shuffle=False))  # seeded as the script
+    path, ckpt = tmp_path / "t.zarr", tmp_path / "ckpt"
+    script = _KILLED_RUN.format(
+        tests=str(Path(__file__).parent), scores=SCORES, path=str(path), ckpt=str(ckpt),
+        root=str(tmp_path),
+    )  # fmt: skip
+    killed = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], check=False, capture_output=True, text=True
+    )
+    assert killed.returncode == 9, killed.stderr[-2000:]
+    assert read(path)["epoch"].values.tolist() == [0, 1]  # nothing of epoch 2
+    resumed = DifficultyScores(scores=SCORES, source="training", path=str(path))
+    train(trainer_kwargs, [resumed], 4, TinyClassifier(), TinyDigits(shuffle=False),
+          ckpt_path=str(ckpt / "last.ckpt"))  # fmt: skip
+    ds, reference = read(path), read(reference_path)
     assert ds["epoch"].values.tolist() == [0, 1, 2, 3]
     for name in SCORES:
         np.testing.assert_array_equal(ds[name].values, reference[name].values, err_msg=name)

@@ -23,7 +23,6 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
 from lightning_climate.analysis.scores import (
     OUTPUT_SCORES,
@@ -32,7 +31,11 @@ from lightning_climate.analysis.scores import (
     knn_predict,
     prediction_depth,
 )
-from lightning_climate.callbacks.difficulty_capture import TrainingCapture
+from lightning_climate.callbacks.difficulty_capture import (
+    TrainingCapture,
+    check_whole_epochs,
+    training_source_problems,
+)
 from lightning_climate.callbacks.difficulty_gather import (
     first_occurrence,
     gather_rows_to_rank_zero,
@@ -225,7 +228,7 @@ class DifficultyScores(Callback):
                 "eval pass calls the module itself: pass forward=<(pl_module, x) -> logits>."
             )
         if source == "training":
-            problems = _training_source_problems(
+            problems = training_source_problems(
                 scores, epochs, steps, split, index_key, forward, layers, batch_size,
                 transfer_hooks, cache_batches,
             )  # fmt: skip
@@ -347,7 +350,7 @@ class DifficultyScores(Callback):
         """Check one batch of the scored split (before any training step); score -1 if chosen."""
         self._check_batch(trainer, pl_module)
         if self._capture is not None:
-            self._check_whole_epochs(trainer)
+            check_whole_epochs(trainer)
             self._capture.attach(pl_module)
         if self.schedule.epochs is not None and -1 in self.schedule.epochs and not self.scored:
             self._score_and_record(trainer, pl_module, epoch=-1, by_step=False)
@@ -385,7 +388,7 @@ class DifficultyScores(Callback):
             return
         if self._capture is None:
             self._score_and_record(trainer, pl_module, epoch, by_step=False)
-        elif self._whole_epoch_captured(trainer, epoch):
+        elif self._capture.whole_epoch(trainer, epoch):
             self._record(trainer, pl_module, epoch, self._capture.shard(), [])
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -593,42 +596,6 @@ class DifficultyScores(Callback):
                     record[name] = stats[name].double()
         return record, None
 
-    def _check_whole_epochs(self, trainer: Trainer) -> None:
-        """Refuse training loaders that skip examples in every epoch (``source="training"``)."""
-        loader = trainer.train_dataloader
-        if not isinstance(loader, DataLoader):
-            return
-        size = loader.batch_size or 1
-        if loader.drop_last and len(loader.sampler) % size:  # type: ignore[arg-type]
-            raise ValueError(
-                "DifficultyScores(source='training') scores every example once per epoch, but "
-                f"the training DataLoader has drop_last=True and skips "
-                f"{len(loader.sampler) % size} examples each epoch; pass drop_last=False."  # type: ignore[arg-type]
-            )
-        if trainer.num_training_batches < len(loader):
-            raise ValueError(
-                "DifficultyScores(source='training') scores every example once per epoch, but "
-                f"limit_train_batches={trainer.limit_train_batches} trains on "
-                f"{trainer.num_training_batches} of the {len(loader)} batches; drop the limit "
-                "or use source='eval'."
-            )
-
-    def _whole_epoch_captured(self, trainer: Trainer, epoch: int) -> bool:
-        """Whether every training step of ``epoch`` was captured; warns when not (no record)."""
-        capture = self._capture
-        assert capture is not None
-        whole = capture.from_start and capture.batches == trainer.num_training_batches
-        if trainer.world_size > 1:  # every rank must take part in the gather, or none
-            whole = trainer.strategy.reduce_boolean_decision(whole, all=True)
-        if not whole:
-            rank_zero_warn(
-                f"DifficultyScores(source='training'): no record for epoch {epoch}: its scores "
-                f"come from {capture.batches} of its {trainer.num_training_batches} training "
-                "steps (the run resumed from a checkpoint saved inside or at the end of that "
-                "epoch, or max_steps stopped it)."
-            )
-        return whole
-
     def _check_index(self, index: Tensor, num_examples: int) -> str | None:
         """Why the gathered, de-duplicated ids do not name every example once, the same each time."""
         key = self.batch_format.index_key
@@ -690,56 +657,6 @@ class DifficultyScores(Callback):
 
         writer.submit(write)
         rank_zero_info(f"DifficultyScores: writing epoch {epoch} to {writer.path}")
-
-
-def _training_source_problems(
-    scores: Sequence[str],
-    epochs: Sequence[int] | None,
-    steps: Sequence[int] | None,
-    split: str,
-    index_key: Key | None,
-    forward: Callable[[nn.Module, Tensor], Tensor] | None,
-    layers: Sequence[str] | None,
-    batch_size: int | None,
-    transfer_hooks: bool,
-    cache_batches: bool,
-) -> list[str]:
-    """What in these arguments cannot work with ``source="training"``, each with its fix."""
-    problems = []
-    costly = [n for n in COSTLY_SCORES if n in scores]
-    if costly:
-        problems.append(
-            f"{costly} need passes of their own (per-example gradients, k-NN probes); compute "
-            "them with a second DifficultyScores(source='eval', score_epochs=...)."
-        )
-    if steps:
-        problems.append("`steps` would score the examples of one step only; use `epochs`.")
-    if epochs is not None and -1 in epochs:
-        problems.append("epoch -1 has no training forward; drop it from `epochs`.")
-    if split != "train":
-        problems.append(f"only the train split is trained on, not split={split!r}.")
-    if index_key is None:
-        problems.append(
-            "the training loader shuffles, so the batches must carry example ids: wrap the "
-            "dataset, IndexedDataset(TensorDataset(x, y)) yields (x, y, id), and pass index_key=2."
-        )
-    if forward is not None:
-        problems.append(
-            "`forward` is not called; name the submodule returning the logits with logits_module."
-        )
-    unused = [
-        name
-        for name, value in (
-            ("layers", layers),
-            ("batch_size", batch_size),
-            ("transfer_hooks=False", not transfer_hooks),
-            ("cache_batches", cache_batches),
-        )
-        if value
-    ]
-    if unused:
-        problems.append(f"{unused} configure the eval pass, which this source does not run.")
-    return problems
 
 
 def _unwritable(path: Path) -> str | None:

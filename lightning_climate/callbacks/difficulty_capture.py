@@ -10,17 +10,93 @@ cartography (Swayamdipta et al., 2020) define them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 from torch.utils.hooks import RemovableHandle
 
 from lightning_climate.analysis.scores import output_scores
-from lightning_climate.callbacks.difficulty_probe import BatchFormat, Shard, check_logits
+from lightning_climate.callbacks.difficulty_probe import BatchFormat, Key, Shard, check_logits
+from lightning_climate.callbacks.difficulty_schedule import COSTLY_SCORES
 
-__all__ = ["TrainingCapture"]
+__all__ = ["TrainingCapture", "check_whole_epochs", "training_source_problems"]
+
+
+def check_whole_epochs(trainer: Trainer) -> None:
+    """Refuse training loaders that skip examples in every epoch."""
+    loader = trainer.train_dataloader
+    if not isinstance(loader, DataLoader):
+        return
+    size = loader.batch_size or 1
+    skipped = len(loader.sampler) % size  # type: ignore[arg-type]
+    if loader.drop_last and skipped:
+        raise ValueError(
+            "DifficultyScores(source='training') scores every example once per epoch, but the "
+            f"training DataLoader has drop_last=True and skips {skipped} examples each epoch; "
+            "pass drop_last=False."
+        )
+    if trainer.num_training_batches < len(loader):
+        raise ValueError(
+            "DifficultyScores(source='training') scores every example once per epoch, but "
+            f"limit_train_batches={trainer.limit_train_batches} trains on "
+            f"{trainer.num_training_batches} of the {len(loader)} batches; drop the limit or "
+            "use source='eval'."
+        )
+
+
+def training_source_problems(
+    scores: Sequence[str],
+    epochs: Sequence[int] | None,
+    steps: Sequence[int] | None,
+    split: str,
+    index_key: Key | None,
+    forward: Callable[[nn.Module, Tensor], Tensor] | None,
+    layers: Sequence[str] | None,
+    batch_size: int | None,
+    transfer_hooks: bool,
+    cache_batches: bool,
+) -> list[str]:
+    """What in these arguments cannot work with ``source="training"``, each with its fix."""
+    problems = []
+    costly = [n for n in COSTLY_SCORES if n in scores]
+    if costly:
+        problems.append(
+            f"{costly} need passes of their own (per-example gradients, k-NN probes); compute "
+            "them with a second DifficultyScores(source='eval', score_epochs=...)."
+        )
+    if steps:
+        problems.append("`steps` would score the examples of one step only; use `epochs`.")
+    if epochs is not None and -1 in epochs:
+        problems.append("epoch -1 has no training forward; drop it from `epochs`.")
+    if split != "train":
+        problems.append(f"only the train split is trained on, not split={split!r}.")
+    if index_key is None:
+        problems.append(
+            "the training loader shuffles, so the batches must carry example ids: wrap the "
+            "dataset, IndexedDataset(TensorDataset(x, y)) yields (x, y, id), and pass index_key=2."
+        )
+    if forward is not None:
+        problems.append(
+            "`forward` is not called; name the submodule returning the logits with logits_module."
+        )
+    unused = [
+        name
+        for name, value in (
+            ("layers", layers),
+            ("batch_size", batch_size),
+            ("transfer_hooks=False", not transfer_hooks),
+            ("cache_batches", cache_batches),
+        )
+        if value
+    ]
+    if unused:
+        problems.append(f"{unused} configure the eval pass, which this source does not run.")
+    return problems
 
 
 class _FirstOutput:
@@ -107,6 +183,20 @@ class TrainingCapture:
             self._columns.setdefault(name, []).append(scores[name].cpu())
         self._index.append(index.long().cpu())
         self.batches += 1
+
+    def whole_epoch(self, trainer: Trainer, epoch: int) -> bool:
+        """Whether every training step of ``epoch`` was captured; warns when not (no record)."""
+        whole = self.from_start and self.batches == trainer.num_training_batches
+        if trainer.world_size > 1:  # every rank must take part in the gather, or none
+            whole = trainer.strategy.reduce_boolean_decision(whole, all=True)
+        if not whole:
+            rank_zero_warn(
+                f"DifficultyScores(source='training'): no record for epoch {epoch}: its scores "
+                f"come from {self.batches} of its {trainer.num_training_batches} training "
+                "steps (the run resumed from a checkpoint saved inside or at the end of that "
+                "epoch, or max_steps stopped it)."
+            )
+        return whole
 
     def shard(self) -> Shard:
         """This rank's scores of the epoch, in the order the examples were seen."""

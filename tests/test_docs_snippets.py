@@ -31,6 +31,29 @@ def snippet(doc: str, heading: str) -> str:
     return block.group(1)
 
 
+def check_difficulty_scores(ns: dict[str, Any], tmp_path: Path) -> None:
+    """Eval scores are the final model's; training scores obey the definitions' identities."""
+    model = ns["trainer"].lightning_module.eval()
+    with torch.no_grad():
+        final = output_scores(model(ns["x"]), ns["y"])
+    with (
+        xr.open_zarr(tmp_path / "eval.zarr") as after,
+        xr.open_zarr(tmp_path / "training.zarr") as during,
+    ):
+        assert after["index"].values.tolist() == during["index"].values.tolist() == list(range(300))
+        assert during["global_step"].values.tolist() == [10, 20]  # 300 examples, batch 32
+        assert during.attrs["conventions"].startswith("training mode")
+        assert set(after.data_vars) == {"loss", "accuracy", "confidence", "margin", "el2n"}
+        for name in after.data_vars:
+            last = torch.from_numpy(after[name].values[-1])
+            assert torch.allclose(last, final[name], rtol=1e-5, atol=1e-7), name
+        loss, p_y = during["loss"].values, during["confidence"].values
+        assert abs(loss + torch.log(torch.from_numpy(p_y)).numpy()).max() < 1e-9
+        assert ((during["margin"].values > 0) == (during["accuracy"].values == 1)).all()
+        # scored with the weights before each step, not the end-of-epoch model
+        assert abs(loss[-1] - after["loss"].values[-1]).max() > 1e-3
+
+
 def check_constraint_monitor(ns: dict[str, Any], tmp_path: Path) -> None:
     """The logged violation is the block-mean error of the trained model on the validation data."""
     metrics, model = ns["trainer"].callback_metrics, ns["model"].eval()
@@ -80,29 +103,6 @@ def check_functional_dimension(ns: dict[str, Any], tmp_path: Path) -> None:
     assert [h["epoch"] for h in ns["fdim"].history] == [1.0, 3.0]
 
 
-def check_difficulty_scores(ns: dict[str, Any], tmp_path: Path) -> None:
-    """Eval scores are the final model's; training scores obey the definitions' identities."""
-    model = ns["trainer"].lightning_module.eval()
-    with torch.no_grad():
-        final = output_scores(model(ns["x"]), ns["y"])
-    with (
-        xr.open_zarr(tmp_path / "eval.zarr") as after,
-        xr.open_zarr(tmp_path / "training.zarr") as during,
-    ):
-        assert after["index"].values.tolist() == during["index"].values.tolist() == list(range(300))
-        assert during["global_step"].values.tolist() == [10, 20]  # 300 examples, batch 32
-        assert during.attrs["conventions"].startswith("training mode")
-        assert set(after.data_vars) == {"loss", "accuracy", "confidence", "margin", "el2n"}
-        for name in after.data_vars:
-            last = torch.from_numpy(after[name].values[-1])
-            assert torch.allclose(last, final[name], rtol=1e-5, atol=1e-7), name
-        loss, p_y = during["loss"].values, during["confidence"].values
-        assert abs(loss + torch.log(torch.from_numpy(p_y)).numpy()).max() < 1e-9
-        assert ((during["margin"].values > 0) == (during["accuracy"].values == 1)).all()
-        # scored with the weights before each step, not the end-of-epoch model
-        assert abs(loss[-1] - after["loss"].values[-1]).max() > 1e-3
-
-
 def check_exact_resume(ns: dict[str, Any], tmp_path: Path) -> None:
     """The example's own asserts compare the weights; its checkpoints load with weights_only=True."""
     names = {p.name for p in (tmp_path / "ckpts").iterdir()}
@@ -114,6 +114,11 @@ def check_exact_resume(ns: dict[str, Any], tmp_path: Path) -> None:
 
 
 CASES: list[tuple[str, str, Callable[[dict[str, Any], Path], None]]] = [
+    (
+        "difficulty.md",
+        "DifficultyScores: use it with your own LightningModule",
+        check_difficulty_scores,
+    ),
     (
         "constraints.md",
         "ConstraintMonitor: use it with your own LightningModule",
@@ -130,11 +135,6 @@ CASES: list[tuple[str, str, Callable[[dict[str, Any], Path], None]]] = [
         check_functional_dimension,
     ),
     ("resume.md", "Use it with your own LightningModule", check_exact_resume),
-    (
-        "difficulty.md",
-        "DifficultyScores: use it with your own LightningModule",
-        check_difficulty_scores,
-    ),
 ]
 
 

@@ -33,16 +33,35 @@ from lightning_climate.tasks import ClassificationTask
 
 
 class TimedScores(DifficultyScores):
-    """DifficultyScores that records the wall time of each scoring point (its own cost)."""
+    """DifficultyScores that records its own wall time in each epoch (``seconds``, one per epoch).
+
+    The time spent in its per-step hooks (``source="training"`` scores each step there) and in its
+    epoch-end hook (the scoring point: the eval pass, or the gather and hand-off to the writer).
+    """
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.seconds: list[float] = []
 
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        start = time.perf_counter()
+        super().on_train_epoch_start(trainer, pl_module)
+        self.seconds.append(time.perf_counter() - start)
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        start = time.perf_counter()
+        super().on_train_batch_start(*args)
+        self.seconds[-1] += time.perf_counter() - start
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        start = time.perf_counter()
+        super().on_train_batch_end(*args)
+        self.seconds[-1] += time.perf_counter() - start
+
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         start = time.perf_counter()
         super().on_train_epoch_end(trainer, pl_module)
-        self.seconds.append(time.perf_counter() - start)
+        self.seconds[-1] += time.perf_counter() - start
 
 
 def epoch_time(arch: str, scores: str, epochs: int, root: str) -> tuple[float, float]:

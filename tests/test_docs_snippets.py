@@ -1,8 +1,7 @@
 """The "use it with your own LightningModule" examples of the docs run as written and do what they say.
 
 Each test takes the first ``python`` block after a heading of a doc, runs it with ``exec`` in a
-temporary folder and checks what it leaves behind against a value computed another way. The
-DifficultyScores example of docs/difficulty.md is not run: it uses the reader's own module and loader.
+temporary folder and checks what it leaves behind against a value computed another way.
 """
 
 from __future__ import annotations
@@ -14,7 +13,10 @@ from typing import Any
 
 import pytest
 import torch
+import xarray as xr
 from torch import nn
+
+from lightning_climate.analysis.scores import output_scores
 
 DOCS = Path(__file__).parents[1] / "docs"
 
@@ -27,6 +29,29 @@ def snippet(doc: str, heading: str) -> str:
     block = re.search(r"^```python\n(.*?)^```", text[match.end() :], flags=re.MULTILINE | re.DOTALL)
     assert block is not None, f"docs/{doc}: no python block after {heading!r}"
     return block.group(1)
+
+
+def check_difficulty_scores(ns: dict[str, Any], tmp_path: Path) -> None:
+    """Eval scores are the final model's; training scores obey the definitions' identities."""
+    model = ns["trainer"].lightning_module.eval()
+    with torch.no_grad():
+        final = output_scores(model(ns["x"]), ns["y"])
+    with (
+        xr.open_zarr(tmp_path / "eval.zarr") as after,
+        xr.open_zarr(tmp_path / "training.zarr") as during,
+    ):
+        assert after["index"].values.tolist() == during["index"].values.tolist() == list(range(300))
+        assert during["global_step"].values.tolist() == [10, 20]  # 300 examples, batch 32
+        assert during.attrs["conventions"].startswith("training mode")
+        assert set(after.data_vars) == {"loss", "accuracy", "confidence", "margin", "el2n"}
+        for name in after.data_vars:
+            last = torch.from_numpy(after[name].values[-1])
+            assert torch.allclose(last, final[name], rtol=1e-5, atol=1e-7), name
+        loss, p_y = during["loss"].values, during["confidence"].values
+        assert abs(loss + torch.log(torch.from_numpy(p_y)).numpy()).max() < 1e-9
+        assert ((during["margin"].values > 0) == (during["accuracy"].values == 1)).all()
+        # scored with the weights before each step, not the end-of-epoch model
+        assert abs(loss[-1] - after["loss"].values[-1]).max() > 1e-3
 
 
 def check_constraint_monitor(ns: dict[str, Any], tmp_path: Path) -> None:
@@ -107,6 +132,11 @@ def check_own_classifier(ns: dict[str, Any], tmp_path: Path) -> None:
 
 
 CASES: list[tuple[str, str, Callable[[dict[str, Any], Path], None]]] = [
+    (
+        "difficulty.md",
+        "DifficultyScores: use it with your own LightningModule",
+        check_difficulty_scores,
+    ),
     (
         "constraints.md",
         "ConstraintMonitor: use it with your own LightningModule",

@@ -2,6 +2,7 @@
 
 from lightning_climate.callbacks.constraint_monitor import ConstraintMonitor
 from lightning_climate.callbacks.difficulty import DifficultyScores
+from lightning_climate.callbacks.difficulty_ids import IndexedDataset
 from lightning_climate.callbacks.downscaling_report import DownscalingReport
 from lightning_climate.callbacks.exact_resume import ExactResume
 from lightning_climate.callbacks.functional_dimension import FunctionalDimension
@@ -13,5 +14,6 @@ __all__ = [
     "DownscalingReport",
     "ExactResume",
     "FunctionalDimension",
+    "IndexedDataset",
     "SharpnessAwareMinimization",
 ]

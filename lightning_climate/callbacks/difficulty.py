@@ -1,12 +1,13 @@
 """Per-example difficulty scores logged during training, exact under DDP.
 
-:class:`DifficultyScores` re-evaluates a chosen split in eval mode at chosen epochs or steps and
-writes one Zarr store per run (dims ``(epoch, index)``, the run's configuration in the attributes),
-grown by one record per scoring point at a constant cost and crash-safely. Its parts: the schedule
-(:mod:`.difficulty_schedule`), the scoring pass (:mod:`.difficulty_probe`), the gathering on rank 0
-(:mod:`.difficulty_gather`) and the writer (:mod:`.difficulty_writer`, on
-:class:`lightning_climate.io.RecordStore`). Score definitions are in
-:mod:`lightning_climate.analysis.scores`.
+:class:`DifficultyScores` re-evaluates a chosen split in eval mode at chosen epochs or steps, or
+reads the cheap scores from the training forward passes (``source="training"``), and writes one
+Zarr store per run (dims ``(epoch, index)``, the run's configuration in the attributes), grown by
+one record per scoring point at a constant cost and crash-safely. Its parts: the schedule
+(:mod:`.difficulty_schedule`), the scoring pass (:mod:`.difficulty_probe`), the capture from
+training (:mod:`.difficulty_capture`), the gathering on rank 0 (:mod:`.difficulty_gather`) and the
+writer (:mod:`.difficulty_writer`, on :class:`lightning_climate.io.RecordStore`). Score
+definitions are in :mod:`lightning_climate.analysis.scores`.
 """
 
 from __future__ import annotations
@@ -30,11 +31,21 @@ from lightning_climate.analysis.scores import (
     knn_predict,
     prediction_depth,
 )
-from lightning_climate.callbacks.difficulty_gather import first_occurrence, gather_to_rank_zero
+from lightning_climate.callbacks.difficulty_capture import (
+    TrainingCapture,
+    check_whole_epochs,
+    training_source_problems,
+)
+from lightning_climate.callbacks.difficulty_gather import (
+    first_occurrence,
+    gather_rows_to_rank_zero,
+    gather_to_rank_zero,
+)
 from lightning_climate.callbacks.difficulty_probe import (
     BatchFormat,
     Key,
     Shard,
+    check_logits,
     probe_loader,
     score_shard,
     to_device,
@@ -51,6 +62,7 @@ _FORGETTING = ("forgetting", "first_learned", "first_unforgettable", "unforgetta
 DIFFICULTY_SCORES = (*OUTPUT_SCORES, *COSTLY_SCORES, *_FORGETTING)
 _CHEAP = ("loss", "accuracy", "confidence", "margin", "el2n")
 _SPLITS = ("train", "val", "test")
+_SOURCES = ("eval", "training")
 
 
 def _call_module(module: nn.Module, x: Tensor) -> Tensor:
@@ -74,6 +86,15 @@ class DifficultyScores(Callback):
     Loss, accuracy, confidence, max-confidence, entropy, margin and EL2N share one forward pass;
     GraNd (``torch.func``), VoG (input gradients) and prediction depth (k-NN probes on ``layers``)
     cost more and can be restricted to a few epochs with ``score_epochs``.
+
+    With ``source="training"`` there is no extra pass: the one-pass scores and the forgetting
+    statistics are read from the first forward of each training step (a forward hook on
+    ``logits_module``), with the model in training mode and each example scored with the weights
+    it met in that epoch, and the epoch's record is written at its end. The batches must then
+    carry example ids (wrap the dataset in
+    :class:`~lightning_climate.callbacks.IndexedDataset`), every batch of the epoch must be
+    trained on (an interrupted or shortened epoch is skipped with a warning), and the costly
+    scores, ``steps`` and the options of the extra pass are refused.
 
     The store (``xarray.open_zarr(path)``) belongs to the run: a new run refuses to start when
     anything exists at ``path``; a resumed run continues its own store (also with the default path,
@@ -112,11 +133,19 @@ class DifficultyScores(Callback):
         cache_batches: keep the scored split's collated batches in CPU memory after the first
             pass instead of loading them again at every scoring point (the dominant cost of the
             cheap scores on small models). Only for datasets without random transforms.
+        source: ``"eval"``: an extra eval-mode pass over ``split`` at each scoring point (the
+            definition of Kwok et al.); ``"training"``: the training forward passes of the
+            scored epochs, in training mode (forgetting events and dataset cartography).
+        logits_module: with ``source="training"``, the name of the submodule
+            (``pl_module.named_modules()``) whose output is the ``(batch, classes)`` logits,
+            e.g. ``"model"`` when ``training_step`` calls ``self.model(x)``; ``None`` hooks the
+            LightningModule itself (``self(x)``).
 
     .. versionadded:: 0.1
     .. versionchanged:: 0.2
         Writes a Zarr store (constant cost per record) instead of a NetCDF file; gathers on rank
-        0 only; accepts tuple batches and ``index_key=None``; ``grand_parameters``.
+        0 only; accepts tuple batches and ``index_key=None``; ``grand_parameters``;
+        ``source="training"`` and ``logits_module``.
     """
 
     def __init__(
@@ -140,6 +169,8 @@ class DifficultyScores(Callback):
         run_attrs: Mapping[str, str | int | float] | None = None,
         transfer_hooks: bool = True,
         cache_batches: bool = False,
+        source: Literal["eval", "training"] = "eval",
+        logits_module: str | None = None,
     ) -> None:
         unknown = sorted(set(scores) - set(DIFFICULTY_SCORES))
         if isinstance(scores, str) or unknown or not scores:
@@ -189,6 +220,23 @@ class DifficultyScores(Callback):
                 )
         if forward is not None and not callable(forward):
             raise TypeError(f"forward must be a callable forward(pl_module, x), got {forward!r}.")
+        if source not in _SOURCES:
+            raise ValueError(f"source must be one of {list(_SOURCES)}, got {source!r}.")
+        if logits_module is not None and source == "eval":
+            raise ValueError(
+                "logits_module applies to source='training' (a hook on the training forward); the "
+                "eval pass calls the module itself: pass forward=<(pl_module, x) -> logits>."
+            )
+        if source == "training":
+            problems = training_source_problems(
+                scores, epochs, steps, split, index_key, forward, layers, batch_size,
+                transfer_hooks, cache_batches,
+            )  # fmt: skip
+            if problems:
+                raise ValueError(
+                    "DifficultyScores(source='training') reads the scores from the training "
+                    "forward passes, once per epoch: " + " ".join(problems)
+                )
         self.schedule = ScoreSchedule.build(epochs, every_n_epochs, steps, score_epochs)
         self.scores = tuple(scores)
         self.split = split
@@ -203,6 +251,8 @@ class DifficultyScores(Callback):
         self.run_attrs = dict(run_attrs or {})
         self.transfer_hooks = transfer_hooks
         self.cache_batches = cache_batches
+        self.source = source
+        self.logits_module = logits_module
         # state that travels with checkpoints
         self.run_id: str | None = None  # written into the store: the store belongs to this run
         self.scored: list[tuple[int, int]] = []  # (epoch, global_step) of every durable record
@@ -215,10 +265,16 @@ class DifficultyScores(Callback):
         self._loader: Any = None
         self._cache: list[Any] | None = None
         self._writer: RecordWriter | None = None
+        self._capture: TrainingCapture | None = None
+        if source == "training":
+            kept = [n for n in OUTPUT_SCORES if n in scores or n == "accuracy"]
+            self._capture = TrainingCapture(self.batch_format, logits_module, kept)
 
     @property
     def state_key(self) -> str:
         """Distinct per split and output path, so several instances can coexist."""
+        if self.source == "training":
+            return self._generate_state_key(split=self.split, path=self.path, source=self.source)
         return self._generate_state_key(split=self.split, path=self.path)
 
     # ------------------------------------------------------------------ hooks
@@ -244,9 +300,16 @@ class DifficultyScores(Callback):
                     f"grand_parameters: {prefix!r} names no parameter of "
                     f"{type(pl_module).__name__}; use prefixes of {names[-4:]} (named_parameters())."
                 )
+        if self.logits_module is not None and self.logits_module not in modules:
+            raise ValueError(
+                f"logits_module={self.logits_module!r} is not a submodule of "
+                f"{type(pl_module).__name__}; choose from {[n for n in modules if n][:20]} "
+                "(names of pl_module.named_modules())."
+            )
         lazy_import("zarr")  # the writer needs it; fail here, not one epoch later in its thread
         root = trainer.log_dir or trainer.default_root_dir
-        path = Path(self.path or Path(root) / "difficulty_scores.zarr")
+        default = "difficulty_scores.zarr" if self.source == "eval" else "difficulty_training.zarr"
+        path = Path(self.path or Path(root) / default)
         self._writer = RecordWriter(path)
         self._agree(trainer, _unwritable(path) if trainer.is_global_zero else None, OSError)
         self._loader = None
@@ -286,13 +349,31 @@ class DifficultyScores(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Check one batch of the scored split (before any training step); score -1 if chosen."""
         self._check_batch(trainer, pl_module)
+        if self._capture is not None:
+            check_whole_epochs(trainer)
+            self._capture.attach(pl_module)
         if self.schedule.epochs is not None and -1 in self.schedule.epochs and not self.scored:
             self._score_and_record(trainer, pl_module, epoch=-1, by_step=False)
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """With ``source="training"``, capture the scores of a scored epoch from its first step."""
+        if self._capture is not None:
+            self._capture.start_epoch(self.schedule.due(trainer.current_epoch))
+
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """With ``source="training"``, read the step's labels and ids before its forward."""
+        if self._capture is not None:
+            self._capture.start_batch(batch, batch_idx)
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        """Score after the global steps listed in ``steps``."""
+        """Score the step's examples (``source="training"``), or after the ``steps`` listed."""
+        if self._capture is not None:
+            self._capture.end_batch(batch_idx)
+            return
         step = trainer.global_step
         # a step ending a scored epoch is left to on_train_epoch_end (same model, all its scores)
         if trainer.is_last_batch and self.schedule.due(trainer.current_epoch):
@@ -303,18 +384,30 @@ class DifficultyScores(Callback):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Score after the epochs chosen by ``epochs``/``every_n_epochs``/``score_epochs``."""
         epoch = trainer.current_epoch
-        if self.schedule.due(epoch) and (epoch, trainer.global_step) not in self.scored:
+        if not self.schedule.due(epoch) or (epoch, trainer.global_step) in self.scored:
+            return
+        if self._capture is None:
             self._score_and_record(trainer, pl_module, epoch, by_step=False)
+        elif self._capture.whole_epoch(trainer, epoch):
+            self._record(trainer, pl_module, epoch, self._capture.shard(), [])
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Wait until the last record is in the store."""
+        if self._capture is not None:
+            self._capture.detach()
         if self._writer is not None:
             self._writer.flush()
 
     def on_exception(
         self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
     ) -> None:
-        """Finish writing the records scored before the crash (the training error propagates)."""
+        """Finish writing the records scored before the crash (the training error propagates).
+
+        A partly captured epoch (``source="training"``) is dropped: it is not a record.
+        """
+        if self._capture is not None:
+            self._capture.detach()
+            self._capture.start_epoch(False)
         try:
             if self._writer is not None:
                 self._writer.close()
@@ -323,6 +416,8 @@ class DifficultyScores(Callback):
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Stop the writer thread."""
+        if self._capture is not None:
+            self._capture.detach()
         if self._writer is not None:
             self._writer.close()
 
@@ -394,24 +489,21 @@ class DifficultyScores(Callback):
         x, y, _ = self.batch_format.unpack(
             to_device(trainer, pl_module, batch, self.transfer_hooks)
         )
+        if self._capture is not None:  # its logits are checked at the first training step
+            return
         was_training = pl_module.training
         pl_module.eval()
         try:
             logits = self.forward(pl_module, x)
         finally:
             pl_module.train(was_training)
-        if not isinstance(logits, Tensor) or logits.ndim != 2 or len(logits) != len(y):
-            shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-            raise ValueError(
-                f"DifficultyScores needs (batch, classes) logits from the model, got {shape} for a "
-                f"batch of {len(y)}; pass forward=<a module-level function (pl_module, x) -> logits>."
-            )
-        if len(y) and (int(y.min()) < 0 or int(y.max()) >= logits.shape[1]):
-            raise ValueError(
-                f"DifficultyScores: labels under target_key={self.batch_format.target_key!r} range "
-                f"over [{int(y.min())}, {int(y.max())}] but the model has {logits.shape[1]} "
-                "classes; set target_key to the class labels."
-            )
+        check_logits(
+            logits,
+            y,
+            self.batch_format.target_key,
+            "the model",
+            "pass forward=<a module-level function (pl_module, x) -> logits>",
+        )
 
     def _score_and_record(
         self, trainer: Trainer, pl_module: LightningModule, epoch: int, by_step: bool
@@ -439,6 +531,17 @@ class DifficultyScores(Callback):
             )
         finally:
             pl_module.train(was_training)
+        self._record(trainer, pl_module, epoch, shard, active)
+
+    def _record(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        epoch: int,
+        shard: Shard,
+        active: list[str],
+    ) -> None:
+        """Gather this rank's ``shard`` on rank 0, which writes the record and logs its means."""
         record, error = self._gather_record(trainer, pl_module, shard, active)
         self._agree(trainer, error, ValueError)
         self.scored.append((epoch, trainer.global_step))
@@ -457,8 +560,8 @@ class DifficultyScores(Callback):
         names = sorted(shard.columns)
         table = torch.stack([shard.columns[n] for n in names], 1)
         # every rank takes part in every gather, in the same order
-        index = gather_to_rank_zero(trainer, pl_module, shard.index)
-        table = gather_to_rank_zero(trainer, pl_module, table)
+        index = gather_rows_to_rank_zero(trainer, pl_module, shard.index)
+        table = gather_rows_to_rank_zero(trainer, pl_module, table)
         vog = None
         if "vog" in active and shard.vog is not None:
             vog = gather_to_rank_zero(trainer, pl_module, shard.vog)
@@ -496,6 +599,14 @@ class DifficultyScores(Callback):
     def _check_index(self, index: Tensor, num_examples: int) -> str | None:
         """Why the gathered, de-duplicated ids do not name every example once, the same each time."""
         key = self.batch_format.index_key
+        if len(index) != num_examples and self._capture is not None:
+            return (
+                f"DifficultyScores(source='training'): the training steps of an epoch carried "
+                f"{len(index)} distinct ids under `{key}` for the {num_examples} examples of the "
+                "training dataset. Every example must pass through a training step in every "
+                "epoch with its own id (IndexedDataset(dataset) gives each its position); for a "
+                "sampler that skips examples use source='eval'."
+            )
         if len(index) != num_examples:
             return (
                 f"Batch key `{key}` must identify every example of the scored dataset: "
@@ -522,6 +633,8 @@ class DifficultyScores(Callback):
             "knn_k": self.knn_k,
             "grand_parameters": self.grand_parameters,
             "forward": getattr(self.forward, "__qualname__", repr(self.forward)),
+            "source": self.source,
+            "logits_module": self.logits_module,
         }
         assert self.run_id is not None
         return {**run_attributes(trainer, pl_module, self.run_id, config), **self.run_attrs}

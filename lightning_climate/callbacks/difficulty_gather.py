@@ -12,7 +12,7 @@ import torch.distributed as dist
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
-__all__ = ["first_occurrence", "gather_to_rank_zero"]
+__all__ = ["first_occurrence", "gather_rows_to_rank_zero", "gather_to_rank_zero"]
 
 
 def gather_to_rank_zero(
@@ -34,6 +34,30 @@ def gather_to_rank_zero(
     )
     dist.gather(local, parts, dst=0)
     return None if parts is None else torch.cat([p.cpu() for p in parts])
+
+
+def gather_rows_to_rank_zero(
+    trainer: Trainer, pl_module: LightningModule, rows: Tensor
+) -> Tensor | None:
+    """Like :func:`gather_to_rank_zero` for shards whose number of rows differs between ranks.
+
+    The training source's shards hold the examples each rank trained on, which need not be equally
+    many (e.g. a user's sampler); each rank pads its shard to the longest and rank 0 cuts the
+    padding off again.
+    """
+    if trainer.world_size == 1 or not (dist.is_available() and dist.is_initialized()):
+        return rows
+    count = torch.tensor([len(rows)], device=pl_module.device)
+    longest = int(trainer.strategy.reduce(count.clone(), reduce_op="max"))
+    counts = gather_to_rank_zero(trainer, pl_module, count)
+    padded = torch.zeros((longest, *rows.shape[1:]), dtype=rows.dtype)
+    padded[: len(rows)] = rows.cpu()
+    parts = gather_to_rank_zero(trainer, pl_module, padded)
+    if parts is None or counts is None:
+        return None
+    return torch.cat(
+        [parts[r * longest : r * longest + int(n)] for r, n in enumerate(counts.tolist())]
+    )
 
 
 def first_occurrence(index: Tensor) -> Tensor:

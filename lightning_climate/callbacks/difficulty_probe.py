@@ -26,7 +26,15 @@ from lightning_climate.analysis.scores import (
     output_scores,
 )
 
-__all__ = ["BatchFormat", "Shard", "positions", "probe_loader", "score_shard", "to_device"]
+__all__ = [
+    "BatchFormat",
+    "Shard",
+    "check_logits",
+    "positions",
+    "probe_loader",
+    "score_shard",
+    "to_device",
+]
 
 Key = str | int
 
@@ -96,6 +104,30 @@ class BatchFormat:
                 f"example, got {_describe(index)}; set index_key=None to use positions instead."
             )
         return x, y, index
+
+
+def check_logits(logits: Any, y: Tensor, target_key: Key, what: str, fix: str) -> None:
+    """Raise unless ``logits`` are ``(batch, classes)`` for the labels ``y`` and cover their range.
+
+    Args:
+        logits: what the model gave for the batch.
+        y: the batch's labels.
+        target_key: where the labels are (named in the error).
+        what: which output ``logits`` is, for the error.
+        fix: how to get the logits instead, for the error.
+    """
+    if not isinstance(logits, Tensor) or logits.ndim != 2 or len(logits) != len(y):
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(
+            f"DifficultyScores needs (batch, classes) logits from {what}, got {shape} for a "
+            f"batch of {len(y)}; {fix}."
+        )
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= logits.shape[1]):
+        raise ValueError(
+            f"DifficultyScores: labels under target_key={target_key!r} range over "
+            f"[{int(y.min())}, {int(y.max())}] but the model has {logits.shape[1]} classes; set "
+            "target_key to the class labels."
+        )
 
 
 def _describe(value: object) -> str:

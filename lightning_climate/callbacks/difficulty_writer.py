@@ -26,6 +26,10 @@ from lightning_climate.io import RecordStore
 __all__ = ["RecordWriter", "run_attributes"]
 
 Record = tuple[int, int]
+_TRAINING_CONVENTION = (
+    "training mode: scores from the first forward of each training step, with the weights each "
+    "example met before that step's update"
+)
 
 
 class RecordWriter:
@@ -157,7 +161,8 @@ def run_attributes(
         "callback_config": json.dumps(config),
         "hparams": json.dumps(hparams, default=repr),
         "conventions": (
-            "eval mode; margin on probabilities; forgetting with acc(-1)=0 over the recorded "
+            ("eval mode" if config.get("source", "eval") == "eval" else _TRAINING_CONVENTION)
+            + "; margin on probabilities; forgetting with acc(-1)=0 over the recorded "
             "epochs; VoG on the input gradient of p_y, channel-mean then variance over "
             "records then pixel-mean; prediction depth = first probed layer from which all "
             "k-NN probes agree with the network's prediction; NaN = not computed"

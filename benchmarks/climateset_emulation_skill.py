@@ -129,7 +129,7 @@ def main() -> None:
     print(f"{'test set':40s} var  " + "  ".join(f"run {i}" for i in range(len(runs))))
     for label, var in runs[0]:
         ratios = [run[(label, var)][0] / run[(label, var)][1] for run in runs]
-        print(f"{label:40s} {var:4s} " + "  ".join(f"{r:5.2f}" for r in ratios))
+        print(f"{label:40s} {var:4s} " + "  ".join(f"{r:5.3f}" for r in ratios))
 
 
 if __name__ == "__main__":

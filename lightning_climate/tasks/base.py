@@ -49,7 +49,11 @@ class BaseTask(LightningModule):
         model: the network; YAML gives it as ``class_path``/``init_args``.
         optimizer: called with the parameters to optimise, e.g. ``torch.optim.AdamW`` or
             ``functools.partial(torch.optim.SGD, lr=0.1)``; YAML sets it as
-            ``{class_path: torch.optim.AdamW, init_args: {lr: 1e-3}}``.
+            ``{class_path: torch.optim.AdamW, init_args: {lr: 1e-3}}``. ``None`` uses
+            :attr:`default_optimizer` with its own defaults. (A class given as the default would
+            leak its resolved defaults, e.g. AdamW's ``weight_decay=0.01``, into any other optimizer
+            chosen in YAML: jsonargparse keeps init_args across a ``class_path`` change,
+            jsonargparse#460.)
         lr_scheduler: optional, called with the optimizer. A
             :class:`~torch.optim.lr_scheduler.ReduceLROnPlateau` monitors :attr:`monitor`.
     """
@@ -61,11 +65,13 @@ class BaseTask(LightningModule):
     monitor: ClassVar[str] = "val_loss"
     #: whether :attr:`monitor` should be minimised or maximised.
     mode: ClassVar[str] = "min"
+    #: optimizer used when ``optimizer`` is ``None``.
+    default_optimizer: ClassVar[OptimizerCallable] = torch.optim.AdamW
 
     def __init__(
         self,
         model: nn.Module,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
+        optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__()
@@ -245,7 +251,8 @@ class BaseTask(LightningModule):
         BatchNorm statistics) is bound to this task.
         """
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer(params)
+        factory = self.default_optimizer if self.optimizer is None else self.optimizer
+        optimizer = factory(params)
         bind = getattr(optimizer, "bind", None)
         if callable(bind):
             bind(self)

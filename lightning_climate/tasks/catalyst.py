@@ -55,7 +55,7 @@ class CatalystTask(BaseTask):
         pool_loss_weight: weight (>= 0) of the ``pooling`` head's auxiliary loss.
         force_coefficient: weight of the force loss (S2EF).
         consistency_coefficient: weight of the mixed head's direct-vs-gradient loss.
-        optimizer: injected optimizer callable.
+        optimizer: injected optimizer callable; ``None``: AdamW with its defaults.
         lr_scheduler: injected scheduler callable.
     """
 
@@ -66,7 +66,7 @@ class CatalystTask(BaseTask):
         pool_loss_weight: float = 1.0,
         force_coefficient: float = 10.0,
         consistency_coefficient: float = 1.0,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
+        optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         if task not in _TARGET:

@@ -85,9 +85,12 @@ class CausalDiscoveryTask(BaseTask):
         alm_window: validation epochs compared for stationarity (``1``: update every epoch).
         alm_rtol: relative improvement below which the sub-problem counts as stationary.
         edge_threshold: edge probability above which an edge is in the learned graph.
-        optimizer: optimizer callable, e.g. ``torch.optim.Adam``.
+        optimizer: optimizer callable, e.g. ``torch.optim.Adam``; ``None``: Adam with its defaults.
         lr_scheduler: optional scheduler callable.
     """
+
+    #: CDSD's reference trains with Adam.
+    default_optimizer = torch.optim.Adam
 
     def __init__(
         self,
@@ -104,7 +107,7 @@ class CausalDiscoveryTask(BaseTask):
         alm_window: int = 3,
         alm_rtol: float = 1e-3,
         edge_threshold: float = 0.5,
-        optimizer: OptimizerCallable = torch.optim.Adam,
+        optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         for name, value in (

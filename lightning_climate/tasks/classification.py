@@ -5,7 +5,6 @@ from __future__ import annotations
 import warnings
 from typing import Any, Literal
 
-import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
@@ -35,7 +34,8 @@ class ClassificationTask(BaseTask):
         num_classes: number of classes.
         in_channels: image channels.
         loss: ``"ce"`` (cross-entropy, with optional ``label_smoothing``).
-        optimizer: injected optimizer, e.g. ``torch.optim.SGD`` or ``lightning_climate.optim.SAM``.
+        optimizer: injected optimizer, e.g. ``torch.optim.SGD`` or ``lightning_climate.optim.SAM``;
+            ``None``: AdamW with its defaults.
         lr_scheduler: optional injected scheduler.
         label_smoothing: cross-entropy label smoothing (the SAM-ON paper uses 0.1).
         model_kwargs: deprecated, with a timm model name only: extra ``timm.create_model`` arguments.
@@ -47,7 +47,7 @@ class ClassificationTask(BaseTask):
         num_classes: int = 10,
         in_channels: int = 1,
         loss: Literal["ce"] = "ce",
-        optimizer: OptimizerCallable = torch.optim.AdamW,
+        optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
         label_smoothing: float = 0.0,
         model_kwargs: dict[str, Any] | None = None,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
@@ -67,7 +66,7 @@ class DownscalingTask(BaseTask):
         predict_factor: factor used by ``predict`` for batches that carry no ``hr`` grid.
         ssim_kernel_size: Gaussian window of SSIM (odd; every grid must be at least this large);
             ``None`` leaves SSIM out.
-        optimizer: optimizer callable, see :class:`~lightning_climate.tasks.BaseTask`.
+        optimizer: optimizer callable (``None``: AdamW), see :class:`~lightning_climate.tasks.BaseTask`.
         lr_scheduler: optional scheduler callable.
     """
 
@@ -84,7 +83,7 @@ class DownscalingTask(BaseTask):
         check_finite: bool = False,
         predict_factor: float = 2.0,
         ssim_kernel_size: int | None = None,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
+        optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         if loss not in ("mse", "l1", "relative_l2", "soft_constraint"):

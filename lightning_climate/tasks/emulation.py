@@ -46,7 +46,7 @@ class EmulationTask(BaseTask):
             takes the datamodule's ``channels``.
         latitudes: latitudes (degrees) of the grid rows; ``None`` takes the datamodule's
             ``latitudes`` (read from the data files).
-        optimizer: injected optimizer callable.
+        optimizer: injected optimizer callable; ``None``: AdamW with its defaults.
         lr_scheduler: injected scheduler callable.
     """
 
@@ -56,7 +56,7 @@ class EmulationTask(BaseTask):
         loss: Literal["lat_mse", "mse"] = "lat_mse",
         out_vars: Sequence[str] | None = None,
         latitudes: Sequence[float] | None = None,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
+        optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         if loss not in ("lat_mse", "mse"):

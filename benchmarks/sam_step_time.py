@@ -304,14 +304,14 @@ def time_round_robin(
 
 
 def within_rounds(
-    times: dict[str, list[float]], formula: Callable[[dict[str, float]], float]
+    times: dict[str, list[float]], formula: Callable[[dict[str, float]], float], fmt: str = ".3f"
 ) -> str:
     """Median over rounds of ``formula`` of one round's times, with its interquartile range."""
     values = [formula(dict(zip(times, r, strict=True))) for r in zip(*times.values(), strict=True)]
     if len(values) < 2:
-        return f"{values[0]:.3f}"
+        return f"{values[0]:{fmt}}"
     q1, med, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return f"{med:.3f} (IQR {q1:.3f}-{q3:.3f})"
+    return f"{med:{fmt}} (IQR {q1:{fmt}} to {q3:{fmt}})"
 
 
 def report(times: dict[str, list[float]], args: argparse.Namespace) -> None:
@@ -359,10 +359,12 @@ def report(times: dict[str, list[float]], args: argparse.Namespace) -> None:
     ]
     for label, formula in floors:
         print(f"  floor {label:50s} {within_rounds(times, formula)}")
-    print(
-        f"  beyond the floor (median s/step): ours SAM {med['ours SAM'] - fb - med['SGD']:+.4f}, "
-        f"ours SAM-ON {med['ours SAM-ON'] - fbn - med['SGD']:+.4f}"
-    )
+    beyond = {
+        "ours SAM": lambda t: t["ours SAM"] - t[fb_] - t["SGD"],
+        "ours SAM-ON": lambda t: t["ours SAM-ON"] - t[fbn_] - t["SGD"],
+    }
+    for name, formula in beyond.items():
+        print(f"  {name} beyond its floor (s/step) {within_rounds(times, formula, '+.4f')}")
 
 
 if __name__ == "__main__":

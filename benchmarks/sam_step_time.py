@@ -7,14 +7,22 @@ saved copy, BatchNorm momentum set to 0 for the second pass). SAM-ON in that loo
 normalisation parameters but still computes every gradient in the first backward, as the official
 SAM-ON code does; ours computes only the normalisation gradients there.
 
-Also times ``every_n_steps=2`` (a SAM step, then a plain step; timed as a pair and halved) and,
-under autocast, SGD / SAM / SAM-ON in bf16 and in fp16 with a GradScaler (our SAM through
-``both_passes``, then unscale, step and update, as Lightning's 16-mixed plugin does).
+Also times ``every_n_steps=2`` (a SAM step, then a plain step; timed as a pair and halved), under
+autocast SGD / SAM / SAM-ON in bf16 and in fp16 with a GradScaler (our SAM through
+``both_passes``, then unscale, step and update, as Lightning's 16-mixed plugin does), and the
+phases a step is made of: a forward, a forward-backward, and a forward-backward that computes
+only the normalisation gradients (the other parameters frozen, SAM-ON's first pass). From them
+the floor of each ratio: SAM = one forward-backward more than SGD, SAM-ON = one
+normalisation-only forward-backward more, so SAM-ON / SAM cannot go below
+``(FB_norm + SGD) / (FB + SGD)`` whatever the wrapper does.
 
-Prints the median seconds per step of each variant and the ratios. Variants are timed round-robin
-so that load from other processes affects all of them alike.
+Robust under load: by default the clock is this process' CPU time (with one thread, the step's
+time without the time other processes took the core away); every round times all variants back to back, in alternating order (forward,
+then reversed), after warm-up rounds; each ratio is the median over rounds of the ratio within a
+round (with the interquartile range), so a load change between rounds cancels.
 
-    python benchmarks/sam_step_time.py --batch-size 32 --steps 8
+    python benchmarks/sam_step_time.py --batch-size 8 --rounds 12 --low-precision bf16
+    python benchmarks/sam_step_time.py --batch-size 2 --rounds 8 --low-precision fp16
 """
 
 from __future__ import annotations
@@ -95,11 +103,18 @@ def restore_bn_momentum(model: nn.Module, old: list[float | None]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=8, help="timed steps per variant")
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=12, help="timed steps per variant")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     parser.add_argument("--rho", type=float, default=0.05)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--clock",
+        choices=["cpu", "wall"],
+        default="cpu",
+        help="cpu: CPU time of this process (other processes' load does not count; with one "
+        "thread it is the step time); wall: elapsed time (a quiet machine, several threads)",
+    )
     parser.add_argument(
         "--low-precision",
         nargs="*",
@@ -224,45 +239,132 @@ def main() -> None:
 
         return build
 
+    def phase(norm_grads_only: bool, backward: bool = True) -> Any:
+        """A forward (and backward) only: what one pass of a step costs, without an update."""
+
+        def build(model: nn.Module) -> Callable[[], None]:
+            chosen = {id(p) for p in norm_parameters(model).values()}
+            frozen = (
+                [p for p in model.parameters() if id(p) not in chosen] if norm_grads_only else []
+            )
+
+            def step() -> None:
+                model.zero_grad(set_to_none=True)
+                for p in frozen:
+                    p.requires_grad_(False)
+                loss = crit(model(x), y)
+                if backward:
+                    loss.backward()
+                for p in frozen:
+                    p.requires_grad_(True)
+
+            return step
+
+        return build
+
     add("SGD", plain)
     add("reference SAM loop", reference(False))
     add("reference SAM-ON loop", reference(True))
     add("ours SAM", ours(False))
     add("ours SAM-ON", ours(True))
     add("ours SAM every_n_steps=2", ours(False, every_n_steps=2), calls=2)
+    add("phase forward", phase(False, backward=False))
+    add("phase forward+backward", phase(False))
+    add("phase forward+backward, norm grads", phase(True))
     low = {"bf16": torch.bfloat16, "fp16": torch.float16}
     for tag in args.low_precision:
         add(f"SGD {tag}", autocast(low[tag], sam=False))
         add(f"ours SAM {tag}", autocast(low[tag], sam=True))
         add(f"ours SAM-ON {tag}", autocast(low[tag], sam=True, norm_only=True))
 
-    for _ in range(args.warmup):
-        for step in steps.values():
-            step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(args.steps):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append((time.perf_counter() - start) / per_call[name])
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    times = time_round_robin(steps, per_call, args.rounds, args.warmup, clock)
+    report(times, args)
+
+
+def time_round_robin(
+    steps: dict[str, Callable[[], None]],
+    per_call: dict[str, int],
+    rounds: int,
+    warmup: int,
+    clock: Callable[[], float],
+) -> dict[str, list[float]]:
+    """Seconds per step of each variant in each round; the order alternates between rounds."""
+    names = list(steps)
+    for _ in range(warmup):
+        for name in names:
+            steps[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else reversed(names):
+            start = clock()
+            steps[name]()
+            times[name].append((clock() - start) / per_call[name])
+    return times
+
+
+def within_rounds(
+    times: dict[str, list[float]], formula: Callable[[dict[str, float]], float], fmt: str = ".3f"
+) -> str:
+    """Median over rounds of ``formula`` of one round's times, with its interquartile range."""
+    values = [formula(dict(zip(times, r, strict=True))) for r in zip(*times.values(), strict=True)]
+    if len(values) < 2:
+        return f"{values[0]:{fmt}}"
+    q1, med, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return f"{med:{fmt}} (IQR {q1:{fmt}} to {q3:{fmt}})"
+
+
+def report(times: dict[str, list[float]], args: argparse.Namespace) -> None:
+    """Print the median time of each variant, the ratios and the floors from the phases."""
     med = {name: statistics.median(t) for name, t in times.items()}
-    print(f"ResNet-18 (CIFAR stem), 32x32, batch {args.batch_size}, {args.threads} thread(s), CPU")
+    print(
+        f"ResNet-18 (CIFAR stem), 32x32, batch {args.batch_size}, {args.threads} thread(s), CPU, "
+        f"{args.rounds} rounds after {args.warmup} warm-up, {args.clock} clock"
+    )
     for name, t in med.items():
-        print(f"  {name:24s} {t:8.4f} s/step")
-    print(f"  ours SAM / SGD                 {med['ours SAM'] / med['SGD']:.3f}")
-    print(f"  reference SAM / SGD            {med['reference SAM loop'] / med['SGD']:.3f}")
-    print(f"  ours SAM / reference SAM       {med['ours SAM'] / med['reference SAM loop']:.3f}")
-    print(f"  ours SAM-ON / ours SAM         {med['ours SAM-ON'] / med['ours SAM']:.3f}")
-    print(
-        f"  ours SAM-ON / reference SAM-ON {med['ours SAM-ON'] / med['reference SAM-ON loop']:.3f}"
-    )
-    print(
-        f"  every_n_steps=2 / ours SAM     {med['ours SAM every_n_steps=2'] / med['ours SAM']:.3f}"
-    )
-    print(f"  every_n_steps=2 / SGD          {med['ours SAM every_n_steps=2'] / med['SGD']:.3f}")
+        print(f"  {name:36s} {t:8.4f} s/step")
+    rows = [
+        ("ours SAM / SGD", "ours SAM", "SGD"),
+        ("reference SAM / SGD", "reference SAM loop", "SGD"),
+        ("ours SAM / reference SAM", "ours SAM", "reference SAM loop"),
+        ("ours SAM-ON / ours SAM", "ours SAM-ON", "ours SAM"),
+        ("ours SAM-ON / reference SAM-ON", "ours SAM-ON", "reference SAM-ON loop"),
+        ("every_n_steps=2 / ours SAM", "ours SAM every_n_steps=2", "ours SAM"),
+        ("every_n_steps=2 / SGD", "ours SAM every_n_steps=2", "SGD"),
+    ]
     for tag in args.low_precision:
-        sam, sgd_t, on = med[f"ours SAM {tag}"], med[f"SGD {tag}"], med[f"ours SAM-ON {tag}"]
-        print(f"  {tag}: ours SAM / SGD {sam / sgd_t:.3f}, SAM-ON / SAM {on / sam:.3f}")
+        rows += [
+            (f"{tag}: ours SAM / SGD", f"ours SAM {tag}", f"SGD {tag}"),
+            (f"{tag}: ours SAM-ON / ours SAM", f"ours SAM-ON {tag}", f"ours SAM {tag}"),
+        ]
+    for label, num, den in rows:
+        print(f"  {label:36s} {within_rounds(times, lambda t, n=num, d=den: t[n] / t[d])}")
+    f, fb = med["phase forward"], med["phase forward+backward"]
+    fbn = med["phase forward+backward, norm grads"]
+    print(
+        f"Phases (median s): forward {f:.4f}, backward {fb - f:.4f}, of which weight gradients "
+        f"{fb - fbn:.4f}; SAM-ON's first pass (norm gradients only) {fbn:.4f}"
+    )
+    fb_, fbn_ = "phase forward+backward", "phase forward+backward, norm grads"
+    floors = [
+        ("SAM / SGD = (FB + SGD) / SGD", lambda t: (t[fb_] + t["SGD"]) / t["SGD"]),
+        (
+            "SAM-ON / SAM = (FB_norm + SGD) / (FB + SGD)",
+            lambda t: (t[fbn_] + t["SGD"]) / (t[fb_] + t["SGD"]),
+        ),
+        (
+            "every_n_steps=2 / SAM = (FB / 2 + SGD) / (FB + SGD)",
+            lambda t: (t[fb_] / 2 + t["SGD"]) / (t[fb_] + t["SGD"]),
+        ),
+    ]
+    for label, formula in floors:
+        print(f"  floor {label:50s} {within_rounds(times, formula)}")
+    beyond = {
+        "ours SAM": lambda t: t["ours SAM"] - t[fb_] - t["SGD"],
+        "ours SAM-ON": lambda t: t["ours SAM-ON"] - t[fbn_] - t["SGD"],
+    }
+    for name, formula in beyond.items():
+        print(f"  {name} beyond its floor (s/step) {within_rounds(times, formula, '+.4f')}")
 
 
 if __name__ == "__main__":

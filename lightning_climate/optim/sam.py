@@ -431,11 +431,15 @@ class SAM(Optimizer):
         return self._ascend(check_finite=False)  # type: ignore[return-value]
 
     @torch.no_grad()
-    def _ascend(self, check_finite: bool) -> list[Tensor | None] | None:
+    def _ascend(
+        self, check_finite: bool, consume_grads: bool = False
+    ) -> list[Tensor | None] | None:
         """:meth:`ascent`; with ``check_finite``, ``None`` (nothing moved) on an inf/NaN gradient.
 
         The perturbation is invariant to a loss scale (the gradient is normalised), so scaled
-        gradients from a GradScaler need no unscaling here.
+        gradients from a GradScaler need no unscaling here. With ``consume_grads`` the
+        perturbation is computed in the gradient tensors themselves (the same operations, so the
+        same values), which saves a model-sized buffer; for a step that zeroes them next.
         """
         perturbed = self._perturbed()
         moved = [(p, g) for p, g in perturbed if p.grad is not None]
@@ -451,7 +455,11 @@ class SAM(Optimizer):
             members = [(p, gr) for (p, g), gr in zip(moved, grads, strict=True) if g is group]
             if not members:
                 continue
-            e = torch._foreach_mul([gr for _, gr in members], group["rho"] / (norm + self.eps))
+            e = [gr for _, gr in members]
+            if consume_grads:
+                torch._foreach_mul_(e, group["rho"] / (norm + self.eps))
+            else:
+                e = torch._foreach_mul(e, group["rho"] / (norm + self.eps))
             if group["adaptive"]:
                 torch._foreach_mul_(e, [(p.abs() + group["eta"]).square() for p, _ in members])
             torch._foreach_add_([p for p, _ in members], e)
@@ -482,7 +490,7 @@ class SAM(Optimizer):
             loss = closure()
         if loss is None:
             return None
-        backups = self._ascend(check_finite)
+        backups = self._ascend(check_finite, consume_grads=True)  # pass 2 zeroes them
         if backups is None:  # overflow in pass 1: its inf gradient makes the scaler skip the step
             return loss
         try:

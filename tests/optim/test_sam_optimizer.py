@@ -135,6 +135,46 @@ def test_norm_only_perturbs_exactly_norm_params_and_restores() -> None:
         assert torch.equal(p, before[n])
 
 
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_step_ascends_like_public_ascent_bit_for_bit(adaptive: bool) -> None:
+    # step() computes the perturbation in the first-pass gradients (saving a buffer); the public
+    # ascent() keeps the gradients: both must move the weights to the same values
+    torch.manual_seed(0)
+    model, twin = TinyBN(), TinyBN()
+    twin.load_state_dict(model.state_dict())
+    x = torch.randn(8, 4)
+    sgd = functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9)
+    opt = SAM(model.parameters(), sgd, rho=0.5, adaptive=adaptive).bind(model)
+    ref = SAM(twin.parameters(), sgd, rho=0.5, adaptive=adaptive).bind(twin)
+    perturbed: list[dict[str, Tensor]] = []
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        if in_perturbed_pass():
+            perturbed.append({n: p.detach().clone() for n, p in model.named_parameters()})
+        loss = model(x).square().mean()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    twin(x).square().mean().backward()  # pass 1 (its BatchNorm statistics as in step())
+    grads = {n: p.grad.clone() for n, p in twin.named_parameters()}
+    backups = ref.ascent()
+    for n, p in twin.named_parameters():
+        assert torch.equal(p, perturbed[0][n]), n
+        assert torch.equal(p.grad, grads[n]), n  # ascent() left the gradient as it was
+    ref.zero_grad()
+    with torch.no_grad():  # pass 2 without touching the running statistics, as step() does
+        stats = {k: v.clone() for k, v in twin.bn.named_buffers()}
+    twin(x).square().mean().backward()
+    ref.restore(backups)
+    for k, v in stats.items():
+        getattr(twin.bn, k).copy_(v)
+    ref.base_optimizer.step()
+    for n, p in twin.named_parameters():
+        assert torch.equal(p, dict(model.named_parameters())[n]), n
+
+
 def test_norm_only_first_backward_skips_weight_gradients() -> None:
     torch.manual_seed(0)
     model = TinyBN()

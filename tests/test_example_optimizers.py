@@ -78,3 +78,38 @@ def test_task_without_optimizer_uses_adamw_with_its_defaults() -> None:
     assert optimizer.defaults["weight_decay"] == 0.01 and optimizer.defaults["lr"] == 1e-3
     chosen = DownscalingTask(nn.Conv2d(1, 1, 1), optimizer=functools.partial(torch.optim.Adam))
     assert chosen.configure_optimizers().defaults["weight_decay"] == 0
+
+
+def test_sam_base_optimizer_in_yaml_gets_its_own_defaults(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SAM's default base optimizer (SGD, weight_decay=0) must not leak into AdamW's 0.01."""
+    config = tmp_path / "sam_adamw.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model": {
+                    "class_path": "ClassificationTask",
+                    "init_args": {
+                        "model": {"class_path": "lightning_climate.models.ReLUMLP"},
+                        "optimizer": {
+                            "class_path": "lightning_climate.optim.SAM",
+                            "init_args": {
+                                "base_optimizer": {
+                                    "class_path": "torch.optim.AdamW",
+                                    "init_args": {"lr": 0.01},
+                                }
+                            },
+                        },
+                    },
+                },
+                "data": {"class_path": "DigitsDataModule"},
+            }
+        )
+    )
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(config), "--print_config"])
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    base = resolved["model"]["init_args"]["optimizer"]["init_args"]["base_optimizer"]
+    assert base["class_path"] == "torch.optim.AdamW"
+    assert base["init_args"]["weight_decay"] == 0.01 and base["init_args"]["lr"] == 0.01

@@ -106,6 +106,8 @@ class SAM(Optimizer):
             descent step, e.g. ``torch.optim.SGD`` or ``functools.partial(torch.optim.SGD,
             lr=0.1, momentum=0.9)``; YAML: ``{class_path: torch.optim.SGD, init_args: {...}}``.
             An already built optimizer over the same groups is wrapped (see :meth:`wrap`).
+            ``None``: ``torch.optim.SGD`` with its defaults (``None`` rather than the class, so
+            a YAML choosing another base optimizer gets none of SGD's values: jsonargparse#460).
         rho: radius of the perturbation (SAM ~0.05; ASAM and SAM-ON need 5-10x larger).
         adaptive: ASAM, element-wise ``T = |w| + eta`` (applied to every perturbed tensor,
             biases included).
@@ -135,7 +137,7 @@ class SAM(Optimizer):
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        base_optimizer: OptimizerCallable = torch.optim.SGD,
+        base_optimizer: OptimizerCallable | None = None,
         rho: float = 0.05,
         adaptive: bool = False,
         norm_only: bool = False,
@@ -160,7 +162,8 @@ class SAM(Optimizer):
                 raise ValueError("SAM: the wrapped optimizer must hold exactly `params`.")
             self.base_optimizer = base_optimizer
         else:
-            self.base_optimizer = base_optimizer(self.param_groups)
+            factory = torch.optim.SGD if base_optimizer is None else base_optimizer
+            self.base_optimizer = factory(self.param_groups)
         for group in self.base_optimizer.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)

@@ -131,6 +131,20 @@ def check_own_classifier(ns: dict[str, Any], tmp_path: Path) -> None:
     assert accuracy > 0.9
 
 
+def check_sam_callback(ns: dict[str, Any], tmp_path: Path) -> None:
+    """SAM-ON wrapped the module's SGD; two passes per step, one BatchNorm update per step."""
+    from lightning_climate.optim import SAM
+
+    trainer, model = ns["trainer"], ns["model"]
+    optimizer = trainer.optimizers[0]
+    assert isinstance(optimizer, SAM) and optimizer.norm_only
+    assert isinstance(optimizer.base_optimizer, torch.optim.SGD)
+    assert trainer.global_step == 2 * 17  # 1077 training digits in batches of 64
+    assert int(model.net[1].num_batches_tracked) == trainer.global_step
+    perturbed = {id(p) for p, _ in optimizer._perturbed()}
+    assert perturbed == {id(p) for p in model.net[1].parameters()}
+
+
 CASES: list[tuple[str, str, Callable[[dict[str, Any], Path], None]]] = [
     (
         "difficulty.md",
@@ -154,6 +168,11 @@ CASES: list[tuple[str, str, Callable[[dict[str, Any], Path], None]]] = [
     ),
     ("resume.md", "Use it with your own LightningModule", check_exact_resume),
     ("images.md", "Use it with your own LightningModule", check_own_classifier),
+    (
+        "sam.md",
+        "SharpnessAwareMinimization: use it with your own LightningModule",
+        check_sam_callback,
+    ),
 ]
 
 

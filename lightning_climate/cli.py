@@ -27,10 +27,14 @@ from torch.optim import Optimizer
 # Imported for their side effect: the classes become visible to jsonargparse by short name.
 import lightning_climate.callbacks
 import lightning_climate.datamodules
-import lightning_climate.tasks  # noqa: F401
+import lightning_climate.tasks
 from lightning_climate.optim.sam import SAM
 
 __all__ = ["ClimateCLI", "available_cores", "final_metrics_table", "stop_reason"]
+
+# The datamodules package imports its classes on first use; import them all now.
+for _name in lightning_climate.datamodules.__all__:
+    getattr(lightning_climate.datamodules, _name)
 
 #: format of metric values in the rich progress bar (Lightning's ".3f" shows a loss of 4e-4 as 0.000)
 PROGRESS_BAR_FORMAT = ".4g"

@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
-__all__ = ["atomic_path", "lazy_import"]
+__all__ = ["atomic_path", "lazy_exports", "lazy_import"]
 
 # import name -> the pip requirement that provides it
 _PIP_NAMES = {
@@ -66,3 +68,26 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def lazy_exports(
+    package: str, submodules: Mapping[str, str]
+) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """Module ``__getattr__`` and ``__dir__`` (PEP 562) importing each public name on first use.
+
+    A package ``__init__`` using them does not import every submodule (and its dependencies, e.g.
+    PyG for OC20) when one of them is imported. ``submodules`` maps each public name to the
+    submodule of ``package`` that defines it.
+    """
+
+    def __getattr__(name: str) -> Any:
+        if name not in submodules:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(f"{package}.{submodules[name]}"), name)
+        setattr(sys.modules[package], name, value)
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted(set(vars(sys.modules[package])) | set(submodules))
+
+    return __getattr__, __dir__

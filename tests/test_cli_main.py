@@ -215,3 +215,17 @@ def test_final_metrics_table() -> None:
         "val_loss  1.5e-05",
     ]
     assert final_metrics_table({}) == ""
+
+
+def test_importing_one_datamodule_leaves_the_others_unimported() -> None:
+    """The package __init__s are lazy: digits users do not import PyG (nor its FutureWarning)."""
+    code = (
+        "import sys\n"
+        "from lightning_climate.datamodules import DigitsDataModule\n"
+        "from lightning_climate.datasets import ImageClassificationDataset\n"
+        "assert DigitsDataModule.__module__ == 'lightning_climate.datamodules.digits'\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('torch_geometric', 'lmdb', "
+        "'lightning_climate.datamodules.oc20', 'lightning_climate.datasets.oc20'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
